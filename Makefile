@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch + torchvision pinned as a pair: this pair loads together (see shared NOTES).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo up test lint bench clean
+
+$(BIN)/lookalike: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/lookalike
+
+demo: install
+	$(BIN)/lookalike demo $(ARGS)
+
+up: install
+	$(BIN)/lookalike up $(ARGS)
+
+test: install
+	$(BIN)/pytest -q $(ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+clean:
+	rm -rf .lookalike .pytest_cache .mypy_cache

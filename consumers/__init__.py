@@ -1,0 +1,1 @@
+"""Kafka consumers: extractors (image events -> feature events) and indexers (features -> index)."""

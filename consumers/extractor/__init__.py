@@ -1,0 +1,1 @@
+"""Extractor: image events in, feature events out (one topic per feature)."""

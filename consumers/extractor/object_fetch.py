@@ -1,0 +1,53 @@
+"""Fetch one object version from S3, telling apart 'gone', 'changed since' and 'too big'."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minio import Minio
+from minio.error import S3Error
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedObject:
+    data: bytes
+    etag: str
+    size: int
+
+
+class ObjectGone(LookupError):
+    """The object was deleted after the event was sent; its delete event follows."""
+
+
+class ObjectChanged(LookupError):
+    """The object was overwritten after the event was sent; the newer event follows."""
+
+
+class ObjectTooLarge(ValueError):
+    pass
+
+
+def fetch_object(
+    s3: Minio, bucket: str, key: str, *, expected_etag: str | None, max_bytes: int
+) -> FetchedObject:
+    """Blocking: call from a worker thread."""
+    try:
+        response = s3.get_object(bucket, key)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            raise ObjectGone(f"{bucket}/{key}: {exc.code}") from exc
+        raise
+    try:
+        etag = (response.headers.get("ETag") or "").strip('"')
+        if expected_etag and etag and etag != expected_etag:
+            raise ObjectChanged(f"{bucket}/{key}: eTag is {etag}, event had {expected_etag}")
+        declared = int(response.headers.get("Content-Length") or 0)
+        if declared > max_bytes:
+            raise ObjectTooLarge(f"{declared:,} bytes is over the {max_bytes:,}-byte limit")
+        data = response.read(amt=max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(f"more than {max_bytes:,} bytes (limit)")
+        return FetchedObject(data=data, etag=etag, size=len(data))
+    finally:
+        response.close()
+        response.release_conn()

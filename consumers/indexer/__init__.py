@@ -1,0 +1,1 @@
+"""Indexer: feature events in, searchable indexes out; answers search requests."""

@@ -1,0 +1,48 @@
+"""The indexer service: load indexes from disk, follow the feature topics, answer searches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from consumers.features.contract import FeatureSpec
+from consumers.indexer.ingest import IngestService
+from consumers.indexer.query import QueryEngine
+from consumers.indexer.search_service import build_search_broker
+from index_store.feature_index import FeatureIndex
+from index_store.lmdb_store import FeatureStore
+from schemas.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def run_indexer(
+    settings: Settings, features: Sequence[FeatureSpec], stop: asyncio.Event
+) -> None:
+    store = FeatureStore(settings.index_dir / "store")
+    indexes = {spec.name: FeatureIndex(store, spec.index_name, spec.vector_bytes) for spec in features}
+    for index in indexes.values():
+        await asyncio.to_thread(index.load)
+    ingest = IngestService(settings, features, indexes, store.offsets())
+    engine = QueryEngine(settings, indexes)
+    broker = build_search_broker(settings, engine)
+    ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
+    try:
+        await asyncio.wait(
+            [ingest_task, asyncio.create_task(ingest.ready.wait())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if ingest_task.done():
+            ingest_task.result()  # raise why it stopped
+        await broker.start()
+        log.info("indexer.serving", images={n: len(i) for n, i in indexes.items()})
+        await ingest_task
+    finally:
+        stop.set()
+        await broker.stop()
+        if not ingest_task.done():
+            await ingest_task
+        store.close()
+        log.info("indexer.stopped", records_read=ingest.records_read)

@@ -1,0 +1,96 @@
+"""Answer one SearchRequest against the local indexes. Blocking (decode, hash, scan):
+the search service calls it from a worker thread. Always returns a reply, never raises."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from consumers.features import phash
+from consumers.features.decode import UndecodableImage, decode_image
+from index_store.feature_index import FeatureIndex, Neighbour
+from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
+from schemas.settings import Settings
+
+
+class QueryError(Exception):
+    def __init__(self, code: SearchErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class QueryEngine:
+    def __init__(self, settings: Settings, indexes: Mapping[str, FeatureIndex]) -> None:
+        self._settings = settings
+        self._indexes = indexes  # by feature name
+        self.partitions: list[int] = []
+
+    def answer(self, request: SearchRequest) -> SearchReply:
+        started = time.perf_counter()
+        try:
+            index = self._index_for(request.feature)
+            queries, exclude = self._query_codes(request, index)
+            found = index.search(queries, request.k, request.max_distance, exclude)
+            reply = SearchReply(
+                ok=True,
+                feature=request.feature,
+                hits=[to_hit(n) for n in found],
+                indexed=len(index),
+                partitions=self.partitions,
+            )
+        except QueryError as exc:
+            reply = error_reply(request.feature, exc.code, str(exc))
+        took = (time.perf_counter() - started) * 1000
+        return reply.model_copy(update={"took_ms": took})
+
+    def _index_for(self, feature: str) -> FeatureIndex:
+        index = self._indexes.get(feature)
+        if index is None:
+            raise QueryError(
+                SearchErrorCode.UNSUPPORTED,
+                f"no index for feature {feature!r}; this indexer has {sorted(self._indexes)}",
+            )
+        return index
+
+    def _query_codes(
+        self, request: SearchRequest, index: FeatureIndex
+    ) -> tuple[list[bytes], list[str]]:
+        if request.image_id is not None:
+            code = index.code_of(request.image_id)
+            if code is None:
+                raise QueryError(
+                    SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in the index"
+                )
+            return [code], [request.image_id]
+        if request.image is not None:
+            limit = self._settings.max_query_image_bytes
+            if len(request.image) > limit:
+                raise QueryError(
+                    SearchErrorCode.TOO_LARGE,
+                    f"query image is {len(request.image):,} bytes; the limit is {limit:,}",
+                )
+            try:
+                image = decode_image(request.image, max_pixels=self._settings.max_image_pixels)
+            except UndecodableImage as exc:
+                raise QueryError(SearchErrorCode.BAD_IMAGE, f"query image: {exc}") from exc
+            straight, mirrored = phash.phash_with_mirror(image)
+            return ([straight, mirrored] if request.include_mirrored else [straight]), []
+        raise QueryError(
+            SearchErrorCode.UNSUPPORTED, f"feature {request.feature!r} cannot search by text"
+        )
+
+
+def to_hit(n: Neighbour) -> SearchHit:
+    bucket, _, key = n.image_id.partition("/")
+    record = n.record
+    return SearchHit(
+        image_id=n.image_id,
+        bucket=record.bucket if record else bucket,
+        key=record.key if record else key,
+        distance=n.distance,
+        etag=record.etag if record else None,
+    )
+
+
+def error_reply(feature: str, code: SearchErrorCode, message: str) -> SearchReply:
+    return SearchReply(ok=False, feature=feature, error_code=code, error=message)

@@ -1,0 +1,75 @@
+"""Request-reply over Kafka with FastStream: a subscriber on the search-requests topic whose
+return value FastStream publishes to the request's `reply_to` topic with its
+`correlation_id`. Request logging lives in a middleware, not in the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import structlog
+from faststream import BaseMiddleware
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.message import StreamMessage
+
+from consumers.indexer.query import QueryEngine, error_reply
+from schemas.dead_letter import DeadLetter
+from schemas.message import MessageError
+from schemas.search import SearchErrorCode, SearchRequest
+from schemas.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class RequestLogMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+    async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call_next(msg)
+        finally:
+            log.info(
+                "search.answered",
+                correlation_id=msg.correlation_id,
+                reply_to=msg.reply_to or None,
+                took_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+
+
+def build_search_broker(settings: Settings, engine: QueryEngine) -> KafkaBroker:
+    broker = KafkaBroker(
+        settings.kafka_bootstrap,
+        middlewares=[RequestLogMiddleware],
+        # FastStream logs through the standard library: its errors show, per-message chatter not.
+        logger=logging.getLogger("faststream"),
+        max_request_size=4 * 1024 * 1024,
+    )
+
+    @broker.subscriber(
+        settings.search_requests_topic,
+        group_id=settings.search_group,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        auto_offset_reset="latest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    async def answer(message: KafkaMessage) -> bytes | None:
+        # The raw bytes, not FastStream's JSON decoding: SearchRequest validates them.
+        try:
+            request = SearchRequest.from_bytes(message.body)
+        except MessageError as exc:
+            if not message.reply_to:
+                raw = message.raw_message
+                letter = DeadLetter(
+                    stage="search", reason=str(exc), source_topic=raw.topic,
+                    partition=raw.partition, offset=raw.offset, key=raw.key, value=raw.value,
+                )
+                await broker.publish(letter.to_bytes(), settings.dead_letter_topic)
+                return None
+            return error_reply("unknown", SearchErrorCode.BAD_REQUEST, str(exc)).to_bytes()
+        reply = await asyncio.to_thread(engine.answer, request)
+        return reply.to_bytes()
+
+    return broker

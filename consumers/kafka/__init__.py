@@ -1,0 +1,1 @@
+"""Kafka transport shared by the consumers: client construction and the dead-letter sink."""

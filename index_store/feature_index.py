@@ -1,0 +1,94 @@
+"""One feature's index: the LMDB store of record plus the in-memory search structure.
+
+Writes go to LMDB first (with the offsets they cover), then to memory, so memory is always
+rebuildable from disk. Applying the same change twice changes nothing (idempotent), which
+is what makes at-least-once delivery safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from index_store.hamming_index import HammingIndex
+from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Upsert
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    image_id: str
+    distance: float
+    record: ImageRecord | None
+
+
+class FeatureIndex:
+    def __init__(self, store: FeatureStore, name: str, code_bytes: int) -> None:
+        self.name = name
+        self._store = store
+        self._index = HammingIndex(code_bytes)
+        # Searches run in worker threads while batches are applied: one lock keeps them apart.
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def load(self) -> int:
+        with self._lock:
+            for image_id, code in self._store.vectors(self.name):
+                self._index.upsert(image_id, code)
+        log.info("index.loaded", index=self.name, images=len(self._index))
+        return len(self._index)
+
+    def apply(self, changes: Sequence[Change], offsets: dict[str, int]) -> list[Upsert]:
+        """Persist then index `changes`; returns the upserts that changed something."""
+        effective: list[Change] = []
+        for change in _last_per_image(changes):
+            current = self._store.record(self.name, change.image_id)
+            if isinstance(change, Upsert):
+                if current is not None and current.etag == change.record.etag and (
+                    self._store.vector(self.name, change.image_id) == change.vector
+                ):
+                    continue  # replayed message: already indexed
+            elif current is None:
+                continue  # delete of something never indexed
+            effective.append(change)
+        self._store.apply(self.name, effective, offsets)
+        with self._lock:
+            for change in effective:
+                if isinstance(change, Upsert):
+                    self._index.upsert(change.image_id, change.vector)
+                else:
+                    self._index.remove(change.image_id)
+        return [c for c in effective if isinstance(c, Upsert)]
+
+    def code_of(self, image_id: str) -> bytes | None:
+        with self._lock:
+            return self._index.code_of(image_id)
+
+    def record(self, image_id: str) -> ImageRecord | None:
+        return self._store.record(self.name, image_id)
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Neighbour]:
+        with self._lock:
+            found = self._index.search(queries, k, max_distance, exclude)
+        return [Neighbour(i, float(d), self._store.record(self.name, i)) for i, d in found]
+
+
+def _last_per_image(changes: Sequence[Change]) -> list[Change]:
+    """Within one batch only the last change per image matters (Kafka keeps per-key order)."""
+    last: dict[str, Change] = {}
+    for change in changes:
+        last.pop(change.image_id, None)
+        last[change.image_id] = change
+    return list(last.values())

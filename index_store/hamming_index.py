@@ -1,0 +1,113 @@
+"""Exact Hamming search over fixed-length binary codes held in one numpy array.
+
+Slots of deleted images are reused by the next insert, so churn does not grow memory.
+A search compares the query with every live code (XOR + popcount over 64-bit words):
+simple, exact, and fast enough for a few million codes per shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+_FAR = np.iinfo(np.int32).max
+
+
+class HammingIndex:
+    def __init__(self, code_bytes: int, capacity: int = 1024) -> None:
+        if code_bytes % 8:
+            raise ValueError("code length must be a multiple of 64 bits")
+        self.code_bytes = code_bytes
+        self._words = code_bytes // 8
+        self._codes = np.zeros((capacity, self._words), dtype=np.uint64)
+        self._live = np.zeros(capacity, dtype=bool)
+        self._ids: list[str | None] = [None] * capacity
+        self._slot_of: dict[str, int] = {}
+        self._free: list[int] = []
+        self._used = 0  # slots ever handed out: [0, _used) is the searched range
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._slot_of
+
+    def upsert(self, image_id: str, code: bytes) -> None:
+        if len(code) != self.code_bytes:
+            raise ValueError(f"code has {len(code)} bytes, index holds {self.code_bytes}")
+        slot = self._slot_of.get(image_id)
+        if slot is None:
+            slot = self._take_slot()
+            self._slot_of[image_id] = slot
+            self._ids[slot] = image_id
+            self._live[slot] = True
+        self._codes[slot] = np.frombuffer(code, dtype=np.uint64)
+
+    def remove(self, image_id: str) -> bool:
+        slot = self._slot_of.pop(image_id, None)
+        if slot is None:
+            return False
+        self._live[slot] = False
+        self._ids[slot] = None
+        self._free.append(slot)
+        return True
+
+    def code_of(self, image_id: str) -> bytes | None:
+        slot = self._slot_of.get(image_id)
+        return None if slot is None else self._codes[slot].tobytes()
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[tuple[str, int]]:
+        """Top-k (id, distance) by the smallest distance to any of `queries`."""
+        n = self._used
+        if n == 0 or not queries:
+            return []
+        dist = self._distances(queries[0], n)
+        for q in queries[1:]:
+            np.minimum(dist, self._distances(q, n), out=dist)
+        dist[~self._live[:n]] = _FAR
+        for image_id in exclude:
+            slot = self._slot_of.get(image_id)
+            if slot is not None:
+                dist[slot] = _FAR
+        k = min(k, n)
+        top = np.argpartition(dist, k - 1)[:k] if k < n else np.arange(n)
+        top = top[np.argsort(dist[top], kind="stable")]
+        limit = _FAR - 1 if max_distance is None else max_distance
+        out: list[tuple[str, int]] = []
+        for slot in top:
+            d = int(dist[slot])
+            image_id = self._ids[slot]
+            if d > limit or image_id is None:
+                break
+            out.append((image_id, d))
+        return out
+
+    def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
+        q = np.frombuffer(query, dtype=np.uint64)
+        return np.bitwise_count(self._codes[:n] ^ q).sum(axis=1, dtype=np.int32)
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._used == len(self._ids):
+            self._grow()
+        slot = self._used
+        self._used += 1
+        return slot
+
+    def _grow(self) -> None:
+        cap = len(self._ids) * 2
+        codes = np.zeros((cap, self._words), dtype=np.uint64)
+        codes[: self._used] = self._codes[: self._used]
+        live = np.zeros(cap, dtype=bool)
+        live[: self._used] = self._live[: self._used]
+        self._codes, self._live = codes, live
+        self._ids.extend([None] * (cap - len(self._ids)))

@@ -1,0 +1,105 @@
+"""LMDB store of record: every indexed code/vector, its image's metadata, and the consumed
+offsets, written together in one transaction per batch.
+
+Because a batch's changes and the offsets they cover commit atomically, a restart (even
+after kill -9) resumes exactly after the last applied message: nothing lost, nothing twice.
+Named databases: `vec:<index>` (image_id -> raw bytes), `meta:<index>` (image_id -> JSON
+ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import lmdb
+from pydantic import BaseModel, Field
+
+
+class ImageRecord(BaseModel):
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    indexed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    image_id: str
+    vector: bytes
+    record: ImageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    image_id: str
+
+
+Change = Upsert | Delete
+
+
+class FeatureStore:
+    def __init__(self, path: Path, *, readonly: bool = False, map_size: int = 1 << 37) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=64, readonly=readonly, lock=True
+        )
+        self._readonly = readonly
+        self._dbs: dict[str, lmdb._Database] = {}
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _db(self, name: str) -> lmdb._Database:
+        db = self._dbs.get(name)
+        if db is None:
+            db = self._env.open_db(name.encode(), create=not self._readonly)
+            self._dbs[name] = db
+        return db
+
+    def apply(self, index: str, changes: Sequence[Change], offsets: dict[str, int]) -> None:
+        """Write one batch and the offsets it covers, all or nothing."""
+        vec, meta, offs = self._db(f"vec:{index}"), self._db(f"meta:{index}"), self._db("offsets")
+        with self._env.begin(write=True) as txn:
+            for change in changes:
+                key = change.image_id.encode()
+                if isinstance(change, Upsert):
+                    txn.put(key, change.vector, db=vec)
+                    txn.put(key, change.record.model_dump_json().encode(), db=meta)
+                else:
+                    txn.delete(key, db=vec)
+                    txn.delete(key, db=meta)
+            for name, offset in offsets.items():
+                txn.put(name.encode(), str(offset).encode(), db=offs)
+
+    def offsets(self) -> dict[str, int]:
+        with self._env.begin(db=self._db("offsets")) as txn:
+            return {k.decode(): int(v) for k, v in txn.cursor()}
+
+    def vectors(self, index: str) -> Iterator[tuple[str, bytes]]:
+        with self._env.begin(db=self._db(f"vec:{index}"), buffers=True) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k).decode(), bytes(v)
+
+    def vector(self, index: str, image_id: str) -> bytes | None:
+        with self._env.begin(db=self._db(f"vec:{index}")) as txn:
+            value = txn.get(image_id.encode())
+        return None if value is None else bytes(value)
+
+    def record(self, index: str, image_id: str) -> ImageRecord | None:
+        with self._env.begin(db=self._db(f"meta:{index}")) as txn:
+            raw = txn.get(image_id.encode())
+        return None if raw is None else ImageRecord.model_validate_json(raw)
+
+    def records(self, index: str) -> Iterator[tuple[str, ImageRecord]]:
+        with self._env.begin(db=self._db(f"meta:{index}")) as txn:
+            for k, v in txn.cursor():
+                yield k.decode(), ImageRecord.model_validate_json(v)
+
+    def count(self, index: str) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db(f"vec:{index}"))["entries"])

@@ -1,0 +1,1 @@
+"""CLI and process wiring: the embedded stack, the demo, and the entry points of each service."""

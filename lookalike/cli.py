@@ -1,0 +1,185 @@
+"""`lookalike` command line: services, the embedded stack, and user commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import time
+from pathlib import Path
+
+from schemas.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command in ("up", "demo", "upload", "search", "backfill", "create-topics"):
+        settings = settings.model_copy(update={"log_format": "console"})
+    from lookalike.logs import configure_logging
+
+    configure_logging(settings, service=args.command)
+    result: int = args.func(settings, args)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="start the embedded stack, upload samples, search")
+    p.add_argument("--keep-running", action="store_true", help="stay up until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("up", help="run the embedded stack until Ctrl-C")
+    p.add_argument("--extractors", type=int, default=1)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("extractor", help="run an extractor (consumer-group member)")
+    p.set_defaults(func=lambda s, a: _service("run_extractor", s))
+    p = sub.add_parser("indexer", help="run an indexer and search service")
+    p.set_defaults(func=lambda s, a: _service("run_indexer_service", s))
+    p = sub.add_parser("s3-gateway", help="embedded S3 server that publishes bucket events")
+    p.add_argument("--port", type=int, required=True)
+    p.set_defaults(func=lambda s, a: _gateway(s, a.port))
+    p = sub.add_parser("create-topics", help="create every topic (idempotent)")
+    p.set_defaults(func=cmd_create_topics)
+
+    p = sub.add_parser("backfill", help="emit events for bucket objects the index lacks")
+    p.add_argument("--all", action="store_true", help="re-emit every object, indexed or not")
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("upload", help="put image files into the bucket")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--prefix", default="", help="key prefix, e.g. 'uploads/'")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("search", help="search through the request-reply topic")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", type=Path, help="an image file")
+    what.add_argument("--id", dest="image_id", help="an indexed bucket/key")
+    what.add_argument("--text", help="a text query (features with a text tower)")
+    p.add_argument("--feature", default="phash")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--max-distance", type=float)
+    p.set_defaults(func=cmd_search)
+    return parser
+
+
+def _service(name: str, settings: Settings) -> int:
+    from lookalike import services
+
+    getattr(services, name)(settings)
+    return 0
+
+
+def _gateway(settings: Settings, port: int) -> int:
+    from lookalike import services
+
+    services.run_gateway(settings, port)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.demo import run_demo
+    from lookalike.stack import Stack
+
+    run_demo(Stack(settings.data_dir), keep_running=args.keep_running)
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.stack import Stack
+
+    stack = Stack(settings.data_dir, extractors=args.extractors)
+    stack.start()
+    print(f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nStopping ...")
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.topics import create_topics
+
+    asyncio.run(create_topics(settings))
+    return 0
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.features.catalog import PHASH
+    from consumers.kafka.clients import make_producer
+    from lookalike.s3 import s3_client
+    from producers.backfill import backfill, indexed_etags
+
+    async def run() -> None:
+        indexed = {} if args.all else indexed_etags(settings.index_dir / "store", PHASH.index_name)
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            report = await backfill(
+                settings, s3_client(settings), producer, indexed, everything=args.all,
+                progress=lambda r: print(f"  ... {r.created} created, {r.removed} removed"),
+            )
+        finally:
+            await producer.stop()
+        print(f"scanned {report.scanned}: {report.created} to (re)index, {report.removed} removed")
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.s3 import s3_client
+    from producers.uploads import ensure_bucket, upload_files
+
+    s3 = s3_client(settings)
+    ensure_bucket(s3, settings.bucket)
+    for key in upload_files(s3, settings.bucket, args.paths, args.prefix):
+        print(f"uploaded {settings.bucket}/{key}")
+    return 0
+
+
+def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.demo import print_reply
+    from producers.search_client import SearchClient
+    from schemas.search import SearchRequest
+
+    image = _query_image(args.image, settings.max_query_image_bytes) if args.image else None
+    request = SearchRequest(
+        feature=args.feature, k=args.k, max_distance=args.max_distance,
+        image_id=args.image_id, image=image, text=args.text,
+    )
+
+    async def run() -> bool:
+        async with SearchClient(settings) as client:
+            reply = await client.search(request)
+        print_reply(f"Results for {args.image or args.image_id or repr(args.text)}", reply)
+        return reply.ok
+
+    return 0 if asyncio.run(run()) else 1
+
+
+def _query_image(path: Path, limit: int) -> bytes:
+    """Big files are shrunk here: features look at <= 256 px, Kafka messages are ~1 MB max."""
+    data = path.read_bytes()
+    if len(data) <= limit:
+        return data
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.thumbnail((1024, 1024))
+        out = io.BytesIO()
+        img.convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The S3 client every part uses, built from Settings (MinIO in production, nanio embedded)."""
+
+from __future__ import annotations
+
+from minio import Minio
+
+from schemas.settings import Settings
+
+
+def s3_client(settings: Settings) -> Minio:
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )

@@ -1,0 +1,51 @@
+"""Sample photographs (shipped with scikit-image, usable offline) and transformed copies."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Natural photographs and scans; synthetic patterns and duplicates ('cat' == 'chelsea') left out.
+PHOTO_NAMES = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
+    "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo",
+    "moon", "page", "retina", "rocket", "stereo_motorcycle", "text",
+)
+
+
+def photo(name: str) -> Image.Image:
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    if isinstance(arr, tuple):  # stereo_motorcycle returns (left, right, disparity)
+        arr = arr[0]
+    img = Image.fromarray(np.asarray(arr))
+    if img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img)
+    return img.convert("RGB")
+
+
+def photos() -> dict[str, Image.Image]:
+    return {name: photo(name) for name in PHOTO_NAMES}
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+COPY_TRANSFORMS: dict[str, Callable[[Image.Image], bytes]] = {
+    "resized": lambda img: jpeg(img.resize((img.width // 2, img.height // 2))),
+    "recompressed": lambda img: jpeg(img, quality=25),
+    "mirrored": lambda img: jpeg(ImageOps.mirror(img)),
+}

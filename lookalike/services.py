@@ -1,0 +1,38 @@
+"""Entry points of the long-running services, each run until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from consumers.extractor.app import ExtractorService
+from consumers.features.catalog import FEATURES
+from consumers.indexer.app import run_indexer
+from lookalike.s3 import s3_client
+from producers.s3_gateway import serve_gateway
+from schemas.settings import Settings
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def run_extractor(settings: Settings) -> None:
+    service = ExtractorService(settings, s3_client(settings), list(FEATURES.values()))
+    run_until_signalled(service.run)
+
+
+def run_indexer_service(settings: Settings) -> None:
+    run_until_signalled(lambda stop: run_indexer(settings, list(FEATURES.values()), stop))
+
+
+def run_gateway(settings: Settings, port: int) -> None:
+    run_until_signalled(lambda stop: serve_gateway(settings, port, stop))

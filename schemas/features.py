@@ -1,0 +1,49 @@
+"""Feature events: what an extractor learned about one image version (or that it is gone)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from schemas.message import Message
+
+
+class FeatureOp(StrEnum):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class VectorKind(StrEnum):
+    """How to read `FeatureEvent.vector`: packed bits compared by Hamming distance, or float32."""
+
+    BITS = "bits"
+    FLOAT32 = "float32"
+
+
+class FeatureEvent(Message):
+    schema_version: Literal[1] = 1
+    op: FeatureOp
+    image_id: str = Field(description="bucket/key: the message key too")
+    bucket: str
+    key: str
+    feature: str = Field(description="extractor name, e.g. 'phash'")
+    feature_version: str = Field(description="names the index; two versions never mix")
+    etag: str | None = None
+    size: int | None = None
+    vector_kind: VectorKind | None = None
+    dim: int | None = Field(None, description="bits for BITS, floats for FLOAT32")
+    vector: bytes | None = None
+    extracted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="after")
+    def _upsert_carries_a_vector(self) -> FeatureEvent:
+        if self.op is FeatureOp.UPSERT:
+            if self.vector is None or self.vector_kind is None or self.dim is None:
+                raise ValueError("an upsert carries vector, vector_kind and dim")
+            expected = (self.dim + 7) // 8 if self.vector_kind is VectorKind.BITS else self.dim * 4
+            if len(self.vector) != expected:
+                raise ValueError(f"vector has {len(self.vector)} bytes, dim says {expected}")
+        return self

@@ -1,0 +1,73 @@
+"""The one configuration model. Every field is overridable as LOOKALIKE_<FIELD_NAME>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    # `lookalike up` writes .lookalike/stack.env so other terminals find the running stack;
+    # real environment variables always win over it.
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKALIKE_", env_file=".lookalike/stack.env", extra="ignore"
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    partitions: int = Field(4, ge=1, description="Partitions for every topic we create.")
+    # Tansu only answers a fetch when fetch_max_wait_ms runs out; real Kafka answers as soon
+    # as data arrives, so a small value costs little there and buys latency here.
+    fetch_max_wait_ms: int = Field(5, ge=0)
+    image_events_topic: str = "lookalike.image-events"
+    features_topic_prefix: str = "lookalike.features."
+    search_requests_topic: str = "lookalike.search.requests"
+    search_replies_topic: str = "lookalike.search.replies"
+    similarity_results_topic: str = "lookalike.similarity-results"
+    dead_letter_topic: str = "lookalike.dead-letter"
+    extractor_group: str = "lookalike-extractor"
+    search_group: str = "lookalike-search"
+
+    # --- Object store (S3 / MinIO) ------------------------------------------------------
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "lookalike"
+    s3_secret_key: str = "lookalike-secret"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    bucket: str = "images"
+
+    # --- Limits -------------------------------------------------------------------------
+    max_image_bytes: int = Field(50 * 1024 * 1024, description="Larger uploads are dead-lettered.")
+    max_image_pixels: int = Field(80_000_000, description="Decompression-bomb guard.")
+    # Kafka's default message.max.bytes is ~1 MB; the CLI shrinks bigger query images.
+    max_query_image_bytes: int = 900_000
+
+    # --- Search ---------------------------------------------------------------------------
+    near_duplicate_max_distance: int = Field(
+        90, description="Hamming distance (of 576 bits) under which two images are near-dupes."
+    )
+    near_duplicate_k: int = 5
+    search_timeout_s: float = 10.0
+
+    # --- Extraction -------------------------------------------------------------------------
+    extract_batch_max: int = 32
+    clip_model: str = "ViT-B-32"
+    clip_pretrained: str | None = Field(
+        None, description="open_clip pretrained tag or local checkpoint path; None = random."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # --- Local state ------------------------------------------------------------------------
+    data_dir: Path = Path(".lookalike")
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+
+    def features_topic(self, feature: str) -> str:
+        return f"{self.features_topic_prefix}{feature}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
