@@ -78,17 +78,14 @@ class HammingIndex:
             if slot is not None:
                 dist[slot] = _FAR
         k = min(k, n)
-        top = np.argpartition(dist, k - 1)[:k] if k < n else np.arange(n)
-        top = top[np.argsort(dist[top], kind="stable")]
-        limit = _FAR - 1 if max_distance is None else max_distance
-        out: list[tuple[str, int]] = []
-        for slot in top:
-            d = int(dist[slot])
-            image_id = self._ids[slot]
-            if d > limit or image_id is None:
-                break
-            out.append((image_id, d))
-        return out
+        # Everything as close as the k-th best, then ties broken by id: the same index
+        # content gives the same answer whatever order it was loaded in.
+        kth = np.partition(dist, k - 1)[k - 1] if k < n else dist.max()
+        limit = kth if max_distance is None else min(kth, max_distance)
+        candidates = np.flatnonzero(dist <= min(limit, _FAR - 1))
+        found = [(self._ids[slot], int(dist[slot])) for slot in candidates]
+        ranked = sorted((d, i) for i, d in found if i is not None)
+        return [(i, d) for d, i in ranked[:k]]
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
         q = np.frombuffer(query, dtype=np.uint64)

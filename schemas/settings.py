@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     similarity_results_topic: str = "lookalike.similarity-results"
     dead_letter_topic: str = "lookalike.dead-letter"
     extractor_group: str = "lookalike-extractor"
-    search_group: str = "lookalike-search"
 
     # --- Object store (S3 / MinIO) ------------------------------------------------------
     s3_endpoint: str = "127.0.0.1:9000"

@@ -11,6 +11,7 @@ from consumers.features.contract import FeatureSpec
 from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.search_service import build_search_broker
+from consumers.kafka.clients import partitions_of
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
 from schemas.settings import Settings
@@ -27,7 +28,8 @@ async def run_indexer(
         await asyncio.to_thread(index.load)
     ingest = IngestService(settings, features, indexes, store.offsets())
     engine = QueryEngine(settings, indexes)
-    broker = build_search_broker(settings, engine)
+    request_partitions = await partitions_of(settings, settings.search_requests_topic)
+    broker = build_search_broker(settings, engine, request_partitions)
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
     try:
         await asyncio.wait(

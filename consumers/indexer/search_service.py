@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 from faststream import BaseMiddleware
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 
@@ -39,18 +39,22 @@ class RequestLogMiddleware(BaseMiddleware):  # type: ignore[type-arg]
             )
 
 
-def build_search_broker(settings: Settings, engine: QueryEngine) -> KafkaBroker:
+def build_search_broker(
+    settings: Settings, engine: QueryEngine, request_partitions: list[int]
+) -> KafkaBroker:
     broker = KafkaBroker(
         settings.kafka_bootstrap,
         middlewares=[RequestLogMiddleware],
         # FastStream logs through the standard library: its errors show, per-message chatter not.
         logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
         max_request_size=4 * 1024 * 1024,
     )
 
+    # Every indexer reads every request partition (no consumer group): a restarted indexer
+    # serves at once instead of waiting out a group rebalance, and each shard sees each query.
     @broker.subscriber(
-        settings.search_requests_topic,
-        group_id=settings.search_group,
+        partitions=[TopicPartition(settings.search_requests_topic, p) for p in request_partitions],
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         auto_offset_reset="latest",
         max_partition_fetch_bytes=8 * 1024 * 1024,

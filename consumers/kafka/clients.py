@@ -34,3 +34,17 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    """The topic's partitions, from the broker's metadata; raises if the topic is missing."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic)
+    finally:
+        await consumer.stop()
+    if not partitions:
+        raise RuntimeError(f"topic {topic} does not exist; run `lookalike create-topics`")
+    return sorted(partitions)

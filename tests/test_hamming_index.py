@@ -1,0 +1,72 @@
+"""The Hamming index agrees with brute force through adds, replaces and deletes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from index_store.hamming_index import HammingIndex
+
+
+def brute_force(codes: dict[str, bytes], query: bytes, k: int) -> list[tuple[str, int]]:
+    q = np.unpackbits(np.frombuffer(query, np.uint8))
+    dists = {i: int((np.unpackbits(np.frombuffer(c, np.uint8)) != q).sum()) for i, c in codes.items()}
+    return sorted(dists.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+
+
+def test_search_matches_brute_force_after_churn() -> None:
+    rng = np.random.default_rng(7)
+    index = HammingIndex(72, capacity=4)
+    truth: dict[str, bytes] = {}
+    for step in range(600):
+        image_id = f"img-{rng.integers(0, 200)}"
+        if rng.random() < 0.25:
+            assert index.remove(image_id) == (image_id in truth)
+            truth.pop(image_id, None)
+        else:
+            code = rng.integers(0, 256, 72, dtype=np.uint8).tobytes()
+            index.upsert(image_id, code)
+            truth[image_id] = code
+        if step % 50 == 0:
+            query = rng.integers(0, 256, 72, dtype=np.uint8).tobytes()
+            got = index.search([query], 10)
+            want = brute_force(truth, query, 10)
+            assert [d for _, d in got] == [d for _, d in want]
+            assert {i for i, _ in got} <= set(truth)
+    assert len(index) == len(truth)
+
+
+def test_replace_moves_an_image_to_its_new_code() -> None:
+    index = HammingIndex(8)
+    old, new = bytes(8), bytes([255] * 8)
+    index.upsert("a", old)
+    index.upsert("a", new)
+    assert index.search([new], 1) == [("a", 0)]
+    assert index.search([old], 1) == [("a", 64)]
+    assert len(index) == 1
+
+
+def test_deleted_slots_are_reused() -> None:
+    index = HammingIndex(8, capacity=2)
+    for i in range(2):
+        index.upsert(str(i), bytes(8))
+    index.remove("0")
+    index.upsert("2", bytes(8))
+    assert index._used == 2  # no growth: slot of "0" was taken again
+
+
+def test_max_distance_and_exclude_filter_results() -> None:
+    index = HammingIndex(8)
+    index.upsert("near", bytes([1] + [0] * 7))
+    index.upsert("far", bytes([255] * 8))
+    index.upsert("self", bytes(8))
+    assert index.search([bytes(8)], 5, max_distance=3, exclude=["self"]) == [("near", 1)]
+
+
+def test_best_of_several_queries_wins() -> None:
+    index = HammingIndex(8)
+    index.upsert("x", bytes([255] * 8))
+    assert index.search([bytes(8), bytes([255] * 8)], 1) == [("x", 0)]
+
+
+def test_empty_index_returns_nothing() -> None:
+    assert HammingIndex(8).search([bytes(8)], 3) == []
