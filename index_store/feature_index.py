@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from index_store.hamming_index import HammingIndex
-from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Upsert
+from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +50,10 @@ class FeatureIndex:
         for change in _last_per_image(changes):
             current = self._store.record(self.name, change.image_id)
             if isinstance(change, Upsert):
-                if current is not None and current.etag == change.record.etag and (
-                    self._store.vector(self.name, change.image_id) == change.vector
+                if (
+                    current is not None
+                    and current.etag == change.record.etag
+                    and (self._store.vector(self.name, change.image_id) == change.vector)
                 ):
                     continue  # replayed message: already indexed
             elif current is None:

@@ -89,7 +89,10 @@ class HammingIndex:
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
         q = np.frombuffer(query, dtype=np.uint64)
-        return np.bitwise_count(self._codes[:n] ^ q).sum(axis=1, dtype=np.int32)
+        counts: NDArray[np.int32] = np.bitwise_count(self._codes[:n] ^ q).sum(
+            axis=1, dtype=np.int32
+        )
+        return counts
 
     def _take_slot(self) -> int:
         if self._free:

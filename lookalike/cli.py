@@ -125,7 +125,11 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         await producer.start()
         try:
             report = await backfill(
-                settings, s3_client(settings), producer, indexed, everything=args.all,
+                settings,
+                s3_client(settings),
+                producer,
+                indexed,
+                everything=args.all,
                 progress=lambda r: print(f"  ... {r.created} created, {r.removed} removed"),
             )
         finally:
@@ -154,8 +158,12 @@ def cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 
     image = _query_image(args.image, settings.max_query_image_bytes) if args.image else None
     request = SearchRequest(
-        feature=args.feature, k=args.k, max_distance=args.max_distance,
-        image_id=args.image_id, image=image, text=args.text,
+        feature=args.feature,
+        k=args.k,
+        max_distance=args.max_distance,
+        image_id=args.image_id,
+        image=image,
+        text=args.text,
     )
 
     async def run() -> bool:

@@ -59,7 +59,8 @@ def print_reply(title: str, reply: SearchReply) -> None:
     print(f"  {'rank':>4}  {'distance':>8}  image")
     for rank, hit in enumerate(reply.hits, 1):
         print(f"  {rank:>4}  {hit.distance:>8.0f}  {hit.image_id}")
-    print(f"  ({len(reply.hits)} hits of {reply.indexed} indexed, {reply.took_ms:.1f} ms in the indexer)")
+    took = f"{reply.took_ms:.1f} ms in the indexer"
+    print(f"  ({len(reply.hits)} hits of {reply.indexed} indexed, {took})")
 
 
 async def query_examples(settings: Settings, uploads: dict[str, bytes]) -> None:

@@ -108,8 +108,16 @@ class Infrastructure:
         url = f"tcp://127.0.0.1:{self.kafka_port}"
         proc = ManagedProcess(
             "broker",
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             self.env,
             self.data_dir / "logs" / "broker.log",
         )
@@ -121,7 +129,9 @@ class Infrastructure:
         self._start(proc, self.s3_port)
         return proc
 
-    def lookalike_process(self, command: str, *args: str, name: str | None = None) -> ManagedProcess:
+    def lookalike_process(
+        self, command: str, *args: str, name: str | None = None
+    ) -> ManagedProcess:
         return ManagedProcess(
             name or command,
             [sys.executable, "-m", "lookalike", command, *args],

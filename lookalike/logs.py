@@ -32,4 +32,6 @@ def configure_logging(settings: Settings, *, service: str) -> None:
     )
     structlog.contextvars.bind_contextvars(service=service)
     # Libraries (aiokafka, uvicorn) log through the standard library: warnings and up only.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )

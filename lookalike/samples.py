@@ -10,9 +10,26 @@ from PIL import Image, ImageOps
 
 # Natural photographs and scans; synthetic patterns and duplicates ('cat' == 'chelsea') left out.
 PHOTO_NAMES = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
-    "colorwheel", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo",
-    "moon", "page", "retina", "rocket", "stereo_motorcycle", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "stereo_motorcycle",
+    "text",
 )
 
 

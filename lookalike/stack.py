@@ -36,7 +36,7 @@ class Stack:
     def settings(self) -> Settings:
         env = self.infra.env
         return Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             kafka_bootstrap=env["LOOKALIKE_KAFKA_BOOTSTRAP"],
             s3_endpoint=env["LOOKALIKE_S3_ENDPOINT"],
             s3_access_key=env["LOOKALIKE_S3_ACCESS_KEY"],

@@ -1,1 +1,1 @@
-"""Producers: what puts work onto Kafka (bucket events, backfill scans, uploads, search requests)."""
+"""Producers: what puts work onto Kafka: bucket events, backfill scans, uploads, searches."""

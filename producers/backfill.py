@@ -102,7 +102,9 @@ async def backfill(
             )
             report.created += 1
         sends.append(
-            await producer.send(settings.image_events_topic, value, key=notification_key(bucket, key))
+            await producer.send(
+                settings.image_events_topic, value, key=notification_key(bucket, key)
+            )
         )
         if progress and (report.created + report.removed) % 500 == 0:
             progress(report)

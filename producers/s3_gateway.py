@@ -54,9 +54,11 @@ def classify(scope: Scope) -> Mutation | None:
     if not bucket:
         return None
     if not key:
-        return Mutation("s3:ObjectRemoved:Delete", bucket, None) if (
-            method == "POST" and "delete" in query
-        ) else None
+        return (
+            Mutation("s3:ObjectRemoved:Delete", bucket, None)
+            if (method == "POST" and "delete" in query)
+            else None
+        )
     if method == "PUT" and "uploadId" not in query and not (query.keys() & {"tagging", "acl"}):
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         copy = b"x-amz-copy-source" in headers
@@ -112,7 +114,11 @@ class NotifyingS3:
             except NanioError:
                 return  # deleted again already; that delete publishes its own event
             value = build_notification(
-                event_name, bucket, key, etag=info.etag, size=info.size,
+                event_name,
+                bucket,
+                key,
+                etag=info.etag,
+                size=info.size,
                 content_type=info.content_type,
             )
         try:
@@ -148,7 +154,6 @@ async def serve_gateway(settings: Settings, port: int, stop: asyncio.Event) -> N
         gateway, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     serving = asyncio.create_task(server.serve())
     log.info("gateway.serving", port=port, data_dir=str(nanio_settings.data_dir))
     try:

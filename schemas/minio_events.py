@@ -107,7 +107,9 @@ def _parse_record(record: Any) -> ImageChange | Ignored:
         return Ignored(event_name=name, key=key, reason=f"{action} does not change the bytes")
     content_type = obj.get("contentType")
     if not looks_like_image(key, content_type):
-        return Ignored(event_name=name, key=key, reason=f"not an image ({content_type or 'no type'})")
+        return Ignored(
+            event_name=name, key=key, reason=f"not an image ({content_type or 'no type'})"
+        )
     size = obj.get("size")
     return ImageChange(
         kind=ChangeKind.CREATED,

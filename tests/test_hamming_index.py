@@ -9,7 +9,9 @@ from index_store.hamming_index import HammingIndex
 
 def brute_force(codes: dict[str, bytes], query: bytes, k: int) -> list[tuple[str, int]]:
     q = np.unpackbits(np.frombuffer(query, np.uint8))
-    dists = {i: int((np.unpackbits(np.frombuffer(c, np.uint8)) != q).sum()) for i, c in codes.items()}
+    dists = {
+        i: int((np.unpackbits(np.frombuffer(c, np.uint8)) != q).sum()) for i, c in codes.items()
+    }
     return sorted(dists.items(), key=lambda kv: (kv[1], kv[0]))[:k]
 
 

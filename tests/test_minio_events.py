@@ -70,7 +70,9 @@ def test_created_event_carries_etag_size_and_type() -> None:
     item = parse_one("minio_put.json")
     assert isinstance(item, ImageChange)
     assert (item.etag, item.size, item.content_type) == (
-        "5d41402abc4b2a76b9719d911017c592", 48213, "image/jpeg",
+        "5d41402abc4b2a76b9719d911017c592",
+        48213,
+        "image/jpeg",
     )
     assert item.image_id == "images/cats/tom.jpg"
 
@@ -90,8 +92,11 @@ def test_delete_event_has_no_etag() -> None:
     [
         (b"[1, 2]", "not an object"),
         (b"{}", "no Records"),
-        (b'{"Records": [{"eventName": "s3:Bogus:Thing", "s3": {"bucket": {"name": "b"},'
-         b' "object": {"key": "k.jpg"}}}]}', "unknown event type"),
+        (
+            b'{"Records": [{"eventName": "s3:Bogus:Thing", "s3": {"bucket": {"name": "b"},'
+            b' "object": {"key": "k.jpg"}}}]}',
+            "unknown event type",
+        ),
         (b'{"Records": [{"eventName": "s3:ObjectCreated:Put"}]}', "lacks s3"),
     ],
 )

@@ -111,7 +111,8 @@ async def test_corrupt_image_goes_to_dead_letter_and_extractor_keeps_going(
     upload_bytes(s3, settings.bucket, good_key, jpeg(photo("grass")))
 
     letter = await find_on_topic(
-        settings, settings.dead_letter_topic,
+        settings,
+        settings.dead_letter_topic,
         lambda r: r.key == notification_key(settings.bucket, bad_key),
     )
     dead = DeadLetter.from_bytes(letter.value)
@@ -129,7 +130,9 @@ async def test_malformed_event_goes_to_dead_letter(settings: Settings, stack: St
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.image_events_topic, b'{"EventName": "s3:Obj', key=marker)
+        await producer.send_and_wait(
+            settings.image_events_topic, b'{"EventName": "s3:Obj', key=marker
+        )
     finally:
         await producer.stop()
     letter = await find_on_topic(settings, settings.dead_letter_topic, lambda r: r.key == marker)
@@ -156,7 +159,9 @@ async def test_event_for_an_object_that_no_longer_exists_is_skipped(
     after = unique("after-ghost.jpg")
     upload_bytes(s3, settings.bucket, after, jpeg(photo("brick")))
     await until_indexed(search, f"{settings.bucket}/{after}")
-    assert (await by_id(search, f"{settings.bucket}/{ghost}")).error_code is SearchErrorCode.NOT_FOUND
+    assert (
+        await by_id(search, f"{settings.bucket}/{ghost}")
+    ).error_code is SearchErrorCode.NOT_FOUND
 
 
 async def test_query_for_unknown_id_gets_an_error_reply(search: SearchClient) -> None:

@@ -71,12 +71,24 @@ def silent_s3(stack: Stack, settings: Settings) -> Iterator[Minio]:
     """A second S3 server on the same data: it changes objects but sends no notifications,
     like events lost to a crash or an empty broker."""
     port = free_port()
-    env = dict(os.environ, NANIO_ACCESS_KEY=settings.s3_access_key,
-               NANIO_SECRET_KEY=settings.s3_secret_key)
+    env = dict(
+        os.environ, NANIO_ACCESS_KEY=settings.s3_access_key, NANIO_SECRET_KEY=settings.s3_secret_key
+    )
     proc = ManagedProcess(
         "silent-s3",
-        [sys.executable, "-m", "nanio", "serve", "--data-dir", str(stack.data_dir / "s3"),
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        [
+            sys.executable,
+            "-m",
+            "nanio",
+            "serve",
+            "--data-dir",
+            str(stack.data_dir / "s3"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
         env,
         stack.data_dir / "logs" / "silent-s3.log",
     )
@@ -84,16 +96,24 @@ def silent_s3(stack: Stack, settings: Settings) -> Iterator[Minio]:
     assert proc.proc is not None
     wait_for_port(port, proc.proc)
     try:
-        yield Minio(f"127.0.0.1:{port}", access_key=settings.s3_access_key,
-                    secret_key=settings.s3_secret_key, secure=False)
+        yield Minio(
+            f"127.0.0.1:{port}",
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=False,
+        )
     finally:
         proc.stop()
 
 
 def run_backfill(stack: Stack) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "lookalike", "backfill"], env=stack.infra.env,
-        capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-m", "lookalike", "backfill"],
+        env=stack.infra.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return done.stdout
 

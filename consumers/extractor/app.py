@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -27,7 +28,7 @@ from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 class ExtractorService:
@@ -39,7 +40,10 @@ class ExtractorService:
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
         consumer = make_consumer(
-            s, s.image_events_topic, group_id=s.extractor_group, max_poll_records=s.extract_batch_max
+            s,
+            s.image_events_topic,
+            group_id=s.extractor_group,
+            max_poll_records=s.extract_batch_max,
         )
         producer = make_producer(s)
         await producer.start()

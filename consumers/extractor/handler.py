@@ -23,7 +23,13 @@ from consumers.extractor.object_fetch import (
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage
 from schemas.features import FeatureEvent, FeatureOp
-from schemas.minio_events import ChangeKind, ImageChange, Ignored, MalformedEvent, parse_notification
+from schemas.minio_events import (
+    ChangeKind,
+    Ignored,
+    ImageChange,
+    MalformedEvent,
+    parse_notification,
+)
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -79,8 +85,12 @@ class EventHandler:
             return f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
         try:
             obj = await asyncio.to_thread(
-                fetch_object, self._s3, change.bucket, change.key,
-                expected_etag=change.etag, max_bytes=limit,
+                fetch_object,
+                self._s3,
+                change.bucket,
+                change.key,
+                expected_etag=change.etag,
+                max_bytes=limit,
             )
         except (ObjectGone, ObjectChanged) as exc:
             # Not an error: a later event on this key (same partition) says what happened.

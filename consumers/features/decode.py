@@ -48,11 +48,12 @@ def decode_image(
         raise UndecodableImage("not a recognised image format") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UndecodableImage(f"corrupt or truncated image: {exc}") from exc
+    upright: Image.Image = img
     try:
-        img = ImageOps.exif_transpose(img) or img
+        upright = ImageOps.exif_transpose(img) or img
     except Exception:  # a broken EXIF block is no reason to drop the picture
         pass
-    return to_rgb(img)
+    return to_rgb(upright)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -64,7 +65,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
         grey = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if (mode == "P" and "transparency" in img.info) or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
         # Transparent areas become white, as most viewers show them.
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

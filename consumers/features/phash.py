@@ -24,7 +24,7 @@ VERSION = f"phash-dct{SIDE}-{KEEP}x{KEEP}-median-v1"
 def _dct_matrix(n: int) -> NDArray[np.float64]:
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m: NDArray[np.float64] = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
     m[0, :] = np.sqrt(1.0 / n)
     return m
 
@@ -39,7 +39,8 @@ def low_frequencies(img: Image.Image) -> NDArray[np.float64]:
     grey = img.convert("L").resize((SIDE, SIDE), Image.Resampling.BOX)
     x = np.asarray(grey, dtype=np.float64)
     d = _dct_matrix(SIDE)[:KEEP]
-    return d @ x @ d.T
+    coeffs: NDArray[np.float64] = d @ x @ d.T
+    return coeffs
 
 
 def _threshold(coeffs: NDArray[np.float64]) -> bytes:

@@ -23,7 +23,9 @@ async def run_indexer(
     settings: Settings, features: Sequence[FeatureSpec], stop: asyncio.Event
 ) -> None:
     store = FeatureStore(settings.index_dir / "store")
-    indexes = {spec.name: FeatureIndex(store, spec.index_name, spec.vector_bytes) for spec in features}
+    indexes = {
+        spec.name: FeatureIndex(store, spec.index_name, spec.vector_bytes) for spec in features
+    }
     for index in indexes.values():
         await asyncio.to_thread(index.load)
     ingest = IngestService(settings, features, indexes, store.offsets())

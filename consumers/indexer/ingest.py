@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -30,7 +31,7 @@ from schemas.similarity import SimilarityResult
 
 log = structlog.get_logger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 def offset_name(tp: TopicPartition) -> str:
@@ -149,7 +150,9 @@ class IngestService:
                     near_duplicates=[
                         to_hit(n)
                         for n in index.search(
-                            [u.vector], s.near_duplicate_k, s.near_duplicate_max_distance,
+                            [u.vector],
+                            s.near_duplicate_k,
+                            s.near_duplicate_max_distance,
                             exclude=[u.image_id],
                         )
                     ],

@@ -25,7 +25,7 @@ from schemas.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-class RequestLogMiddleware(BaseMiddleware):  # type: ignore[type-arg]
+class RequestLogMiddleware(BaseMiddleware):
     async def consume_scope(self, call_next: Any, msg: StreamMessage[Any]) -> Any:
         started = time.perf_counter()
         try:
@@ -66,9 +66,15 @@ def build_search_broker(
         except MessageError as exc:
             if not message.reply_to:
                 raw = message.raw_message
+                assert not isinstance(raw, tuple)  # single-message subscriber, not a batch
                 letter = DeadLetter(
-                    stage="search", reason=str(exc), source_topic=raw.topic,
-                    partition=raw.partition, offset=raw.offset, key=raw.key, value=raw.value,
+                    stage="search",
+                    reason=str(exc),
+                    source_topic=raw.topic,
+                    partition=raw.partition,
+                    offset=raw.offset,
+                    key=raw.key,
+                    value=raw.value,
                 )
                 await broker.publish(letter.to_bytes(), settings.dead_letter_topic)
                 return None

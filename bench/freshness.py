@@ -1,0 +1,95 @@
+"""Upload -> searchable latency on the embedded stack.
+
+Uploads N distinct 640x480 JPEGs at a steady rate through S3 and times, for each, from the
+moment the PUT returned to the moment the indexer announced it searchable (its
+SimilarityResult, published after the index and LMDB were updated). Spot-checks a sample of
+ids through the search topic afterwards.
+
+    .venv/bin/python -m bench.freshness --count 300 --rate 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.workload import IndexedListener, distinct_jpegs, percentile
+from lookalike.s3 import s3_client
+from lookalike.stack import Stack
+from producers.search_client import SearchClient
+from producers.uploads import upload_bytes
+from schemas.search import SearchRequest
+
+
+async def run(stack: Stack, count: int, rate: float) -> None:
+    settings = stack.settings
+    images = distinct_jpegs(count)
+    s3 = s3_client(settings)
+    listener = IndexedListener(settings)
+    await listener.start()
+    uploaded: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=8)
+
+    async def put(i: int, data: bytes) -> None:
+        key = f"fresh/{i:05d}.jpg"
+        await loop.run_in_executor(pool, upload_bytes, s3, settings.bucket, key, data)
+        uploaded[f"{settings.bucket}/{key}"] = time.perf_counter()
+
+    started = time.perf_counter()
+    puts = []
+    for i, data in enumerate(images):
+        target = started + i / rate
+        await asyncio.sleep(max(0.0, target - time.perf_counter()))
+        puts.append(asyncio.create_task(put(i, data)))
+        if i % 50 == 0:
+            print(f"  uploaded {i}/{count}, indexed {len(listener.seen)}", flush=True)
+    await asyncio.gather(*puts)
+    upload_span = time.perf_counter() - started
+    deadline = time.perf_counter() + 60
+    while len(set(uploaded) & set(listener.seen)) < count and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    finished = max(listener.seen.values()) - started
+    await listener.stop()
+
+    latencies = [(listener.seen[i] - t) * 1000 for i, t in uploaded.items() if i in listener.seen]
+    async with SearchClient(settings) as client:
+        sample = sorted(uploaded)[:: max(1, count // 20)]
+        replies = [await client.search(SearchRequest(image_id=i, k=1)) for i in sample]
+    searchable = sum(r.ok for r in replies)
+
+    print(f"\nFreshness: {count} uploads at {rate:g}/s on {platform.node()} ({platform.machine()})")
+    print("| metric | value |\n| --- | --- |")
+    print(f"| uploads indexed | {len(latencies)}/{count} |")
+    print(f"| upload rate achieved | {count / upload_span:.1f}/s |")
+    print(f"| upload->searchable p50 | {percentile(latencies, 50):.0f} ms |")
+    print(f"| upload->searchable p90 | {percentile(latencies, 90):.0f} ms |")
+    print(f"| upload->searchable p99 | {percentile(latencies, 99):.0f} ms |")
+    print(f"| upload->searchable max | {max(latencies):.0f} ms |")
+    print(f"| throughput (indexed / wall time) | {len(latencies) / finished:.1f} images/s |")
+    print(f"| spot-checked by search | {searchable}/{len(sample)} found |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--extractors", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), extractors=args.extractors)
+        print("starting the embedded stack ...", flush=True)
+        stack.start()
+        try:
+            asyncio.run(run(stack, args.count, args.rate))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

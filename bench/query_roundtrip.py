@@ -1,0 +1,99 @@
+"""Search latency through the request-reply topic, next to the same queries answered
+in-process, so the ratio shows what Kafka costs.
+
+    .venv/bin/python -m bench.query_roundtrip --images 300 --queries 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from bench.workload import IndexedListener, distinct_jpegs, percentile
+from consumers.features.catalog import PHASH
+from consumers.indexer.query import QueryEngine
+from index_store.feature_index import FeatureIndex
+from index_store.lmdb_store import FeatureStore
+from lookalike.s3 import s3_client
+from lookalike.stack import Stack
+from producers.search_client import SearchClient
+from producers.uploads import upload_bytes
+from schemas.search import SearchRequest
+
+
+async def run(stack: Stack, images: int, queries: int) -> None:
+    settings = stack.settings
+    s3 = s3_client(settings)
+    listener = IndexedListener(settings)
+    await listener.start()
+    pictures = distinct_jpegs(images, seed=1)
+    ids = []
+    for i, data in enumerate(pictures):
+        key = f"rt/{i:05d}.jpg"
+        upload_bytes(s3, settings.bucket, key, data)
+        ids.append(f"{settings.bucket}/{key}")
+    while len(listener.seen) < images:
+        await asyncio.sleep(0.05)
+    await listener.stop()
+
+    requests = {
+        "by id": [SearchRequest(image_id=ids[i % images], k=10) for i in range(queries)],
+        "by image": [SearchRequest(image=pictures[i % images], k=10) for i in range(queries)],
+    }
+    # The same index, opened in this process: LMDB allows readers beside the indexer.
+    store = FeatureStore(settings.index_dir / "store")
+    index = FeatureIndex(store, PHASH.index_name, PHASH.vector_bytes)
+    index.load()
+    engine = QueryEngine(settings, {"phash": index})
+
+    rows = []
+    async with SearchClient(settings) as client:
+        for kind, batch in requests.items():
+            for r in batch[:20]:  # warm up both paths
+                await client.search(r)
+                engine.answer(r)
+            kafka, local = [], []
+            for i, r in enumerate(batch):
+                t = time.perf_counter()
+                reply = await client.search(r)
+                kafka.append((time.perf_counter() - t) * 1000)
+                assert reply.ok and reply.hits, reply
+                t = time.perf_counter()
+                engine.answer(r)
+                local.append((time.perf_counter() - t) * 1000)
+                if i % 100 == 0:
+                    print(f"  {kind}: {i}/{queries}", flush=True)
+            rows.append((kind, kafka, local))
+    store.close()
+
+    print(f"\nQuery round trip, {queries} queries over {images} indexed images, k=10, "
+          f"fetch_max_wait_ms={settings.fetch_max_wait_ms}, on {platform.node()}")
+    print("| query | via Kafka p50 | via Kafka p99 | in-process p50 | in-process p99 | ratio p50 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind, kafka, local in rows:
+        k50, l50 = percentile(kafka, 50), percentile(local, 50)
+        print(f"| {kind} | {k50:.2f} ms | {percentile(kafka, 99):.2f} ms | {l50:.3f} ms "
+              f"| {percentile(local, 99):.3f} ms | {k50 / l50:.0f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp))
+        print("starting the embedded stack ...", flush=True)
+        stack.start()
+        try:
+            asyncio.run(run(stack, args.images, args.queries))
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

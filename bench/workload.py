@@ -1,0 +1,72 @@
+"""Shared by the benchmarks: distinct 640x480 JPEG photos and a results-topic listener."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from PIL import Image, ImageEnhance
+
+from lookalike.samples import jpeg, photos
+from schemas.settings import Settings
+from schemas.similarity import SimilarityResult
+
+
+def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
+    """`count` different pictures: random crops of the sample photos, rotated and re-toned."""
+    rng = np.random.default_rng(seed)
+    bases = list(photos().values())
+    out = []
+    for i in range(count):
+        base = bases[i % len(bases)]
+        w, h = base.size
+        cw, ch = int(w * rng.uniform(0.4, 0.7)), int(h * rng.uniform(0.4, 0.7))
+        x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+        img = base.crop((x, y, x + cw, y + ch)).rotate(float(rng.uniform(-20, 20)))
+        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.3, 1.7)))
+        out.append(jpeg(img.resize(size, Image.Resampling.BILINEAR), quality=88))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class IndexedListener:
+    """Records when each image id's SimilarityResult (published once it is searchable) arrives."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.seen: dict[str, float] = {}
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        await self._consumer.topics()
+        topic = self._settings.similarity_results_topic
+        tps = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ()]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=100)).values():
+                now = time.perf_counter()
+                for record in records:
+                    result = SimilarityResult.from_bytes(record.value)
+                    self.seen.setdefault(result.image_id, now)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        await self._consumer.stop()
