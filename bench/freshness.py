@@ -51,9 +51,7 @@ async def run(stack: Stack, count: int, rate: float) -> None:
             print(f"  uploaded {i}/{count}, indexed {len(listener.seen)}", flush=True)
     await asyncio.gather(*puts)
     upload_span = time.perf_counter() - started
-    deadline = time.perf_counter() + 60
-    while len(set(uploaded) & set(listener.seen)) < count and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
+    await listener.wait_until(lambda: set(uploaded) <= set(listener.seen), timeout=60)
     finished = max(listener.seen.values()) - started
     await listener.stop()
 

@@ -36,8 +36,7 @@ async def run(stack: Stack, images: int, queries: int) -> None:
         key = f"rt/{i:05d}.jpg"
         upload_bytes(s3, settings.bucket, key, data)
         ids.append(f"{settings.bucket}/{key}")
-    while len(listener.seen) < images:
-        await asyncio.sleep(0.05)
+    await listener.wait_until(lambda: len(listener.seen) >= images, timeout=120)
     await listener.stop()
 
     requests = {
@@ -70,14 +69,18 @@ async def run(stack: Stack, images: int, queries: int) -> None:
             rows.append((kind, kafka, local))
     store.close()
 
-    print(f"\nQuery round trip, {queries} queries over {images} indexed images, k=10, "
-          f"fetch_max_wait_ms={settings.fetch_max_wait_ms}, on {platform.node()}")
+    print(
+        f"\nQuery round trip, {queries} queries over {images} indexed images, k=10, "
+        f"fetch_max_wait_ms={settings.fetch_max_wait_ms}, on {platform.node()}"
+    )
     print("| query | via Kafka p50 | via Kafka p99 | in-process p50 | in-process p99 | ratio p50 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for kind, kafka, local in rows:
         k50, l50 = percentile(kafka, 50), percentile(local, 50)
-        print(f"| {kind} | {k50:.2f} ms | {percentile(kafka, 99):.2f} ms | {l50:.3f} ms "
-              f"| {percentile(local, 99):.3f} ms | {k50 / l50:.0f}x |")
+        print(
+            f"| {kind} | {k50:.2f} ms | {percentile(kafka, 99):.2f} ms | {l50:.3f} ms "
+            f"| {percentile(local, 99):.3f} ms | {k50 / l50:.0f}x |"
+        )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -46,6 +47,7 @@ class IndexedListener:
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
         self._task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -65,6 +67,18 @@ class IndexedListener:
                 for record in records:
                     result = SimilarityResult.from_bytes(record.value)
                     self.seen.setdefault(result.image_id, now)
+                self._arrived.set()
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `done()` holds after some arrival; False if `timeout` ran out first."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done():
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         if self._task:

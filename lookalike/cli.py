@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import signal
 import sys
 import time
 from pathlib import Path
@@ -82,10 +83,20 @@ def _gateway(settings: Settings, port: int) -> int:
     return 0
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """`up` and `demo` stop every child cleanly on Ctrl-C; SIGTERM (kill, CI) does the same."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.demo import run_demo
     from lookalike.stack import Stack
 
+    _sigterm_as_ctrl_c()
     run_demo(Stack(settings.data_dir), keep_running=args.keep_running)
     return 0
 
@@ -93,6 +104,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.stack import Stack
 
+    _sigterm_as_ctrl_c()
     stack = Stack(settings.data_dir, extractors=args.extractors)
     stack.start()
     print(f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. Ctrl-C stops it.")

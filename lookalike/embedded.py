@@ -90,6 +90,7 @@ class Infrastructure:
     s3_port: int = field(default_factory=free_port)
     access_key: str = "lookalike"
     secret_key: str = "lookalike-secret"
+    extra_env: dict[str, str] = field(default_factory=dict)  # settings for every process
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @property
@@ -102,6 +103,7 @@ class Infrastructure:
             LOOKALIKE_S3_SECRET_KEY=self.secret_key,
             LOOKALIKE_DATA_DIR=str(self.data_dir),
         )
+        env.update(self.extra_env)
         return env
 
     def start_broker(self) -> ManagedProcess:

@@ -25,9 +25,11 @@ ENV_FILE = "stack.env"
 
 
 class Stack:
-    def __init__(self, data_dir: Path, *, extractors: int = 1) -> None:
+    def __init__(
+        self, data_dir: Path, *, extractors: int = 1, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir.resolve()
-        self.infra = Infrastructure(self.data_dir)
+        self.infra = Infrastructure(self.data_dir, extra_env=env or {})
         self.extractor_count = extractors
         self.extractors: list[ManagedProcess] = []
         self.indexer: ManagedProcess | None = None

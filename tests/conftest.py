@@ -19,7 +19,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("stack"))
+    # A small upload limit, so the oversize test needs no 50 MB file.
+    stack = Stack(tmp_path_factory.mktemp("stack"), env={"LOOKALIKE_MAX_IMAGE_BYTES": "2000000"})
     stack.start()
     try:
         yield stack

@@ -123,6 +123,17 @@ async def test_corrupt_image_goes_to_dead_letter_and_extractor_keeps_going(
     assert reply.error_code is SearchErrorCode.NOT_FOUND
 
 
+async def test_oversize_upload_goes_to_dead_letter(settings: Settings, s3: Minio) -> None:
+    key = unique("huge.jpg")
+    upload_bytes(s3, settings.bucket, key, b"\xff\xd8" + bytes(2_000_100))
+    letter = await find_on_topic(
+        settings,
+        settings.dead_letter_topic,
+        lambda r: r.key == notification_key(settings.bucket, key),
+    )
+    assert "oversize upload" in DeadLetter.from_bytes(letter.value).reason
+
+
 async def test_malformed_event_goes_to_dead_letter(settings: Settings, stack: Stack) -> None:
     from aiokafka import AIOKafkaProducer
 
