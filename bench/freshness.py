@@ -32,6 +32,12 @@ async def run(stack: Stack, count: int, rate: float) -> None:
     s3 = s3_client(settings)
     listener = IndexedListener(settings)
     await listener.start()
+    # Warm up: the first upload also waits for the extractor to join its consumer group.
+    cold = time.perf_counter()
+    upload_bytes(s3, settings.bucket, "fresh/warmup.jpg", distinct_jpegs(1, seed=99)[0])
+    await listener.wait_until(lambda: len(listener.seen) > 0, timeout=60)
+    print(f"  warm-up image searchable after {time.perf_counter() - cold:.2f}s (cold start)")
+    listener.seen.clear()
     uploaded: dict[str, float] = {}
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max_workers=8)
