@@ -10,11 +10,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
+from index_store.exact_vector_index import ExactVectorIndex
 from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
+from index_store.metric import Metric
 
 log = structlog.get_logger(__name__)
 
@@ -26,11 +29,34 @@ class Neighbour:
     record: ImageRecord | None
 
 
+class SearchStructure(Protocol):
+    """What an in-memory index offers; vectors travel as the bytes the store keeps."""
+
+    def __len__(self) -> int: ...
+    def upsert(self, image_id: str, vector: bytes) -> None: ...
+    def remove(self, image_id: str) -> bool: ...
+    def code_of(self, image_id: str) -> bytes | None: ...
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> Sequence[tuple[str, float]]: ...
+
+
+def make_structure(metric: Metric, dim: int) -> SearchStructure:
+    """dim: bits for Hamming, floats otherwise."""
+    if metric is Metric.HAMMING:
+        return HammingIndex(dim // 8)
+    return ExactVectorIndex(dim, metric)
+
+
 class FeatureIndex:
-    def __init__(self, store: FeatureStore, name: str, code_bytes: int) -> None:
+    def __init__(self, store: FeatureStore, name: str, structure: SearchStructure) -> None:
         self.name = name
         self._store = store
-        self._index = HammingIndex(code_bytes)
+        self._index = structure
         # Searches run in worker threads while batches are applied: one lock keeps them apart.
         self._lock = threading.Lock()
 

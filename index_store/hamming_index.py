@@ -34,16 +34,16 @@ class HammingIndex:
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._slot_of
 
-    def upsert(self, image_id: str, code: bytes) -> None:
-        if len(code) != self.code_bytes:
-            raise ValueError(f"code has {len(code)} bytes, index holds {self.code_bytes}")
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        if len(vector) != self.code_bytes:
+            raise ValueError(f"code has {len(vector)} bytes, index holds {self.code_bytes}")
         slot = self._slot_of.get(image_id)
         if slot is None:
             slot = self._take_slot()
             self._slot_of[image_id] = slot
             self._ids[slot] = image_id
             self._live[slot] = True
-        self._codes[slot] = np.frombuffer(code, dtype=np.uint64)
+        self._codes[slot] = np.frombuffer(vector, dtype=np.uint64)
 
     def remove(self, image_id: str) -> bool:
         slot = self._slot_of.pop(image_id, None)
@@ -64,7 +64,7 @@ class HammingIndex:
         k: int,
         max_distance: float | None = None,
         exclude: Iterable[str] = (),
-    ) -> list[tuple[str, int]]:
+    ) -> list[tuple[str, float]]:
         """Top-k (id, distance) by the smallest distance to any of `queries`."""
         n = self._used
         if n == 0 or not queries:
@@ -85,7 +85,7 @@ class HammingIndex:
         candidates = np.flatnonzero(dist <= min(limit, _FAR - 1))
         found = [(self._ids[slot], int(dist[slot])) for slot in candidates]
         ranked = sorted((d, i) for i, d in found if i is not None)
-        return [(i, d) for d, i in ranked[:k]]
+        return [(i, float(d)) for d, i in ranked[:k]]
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
         q = np.frombuffer(query, dtype=np.uint64)

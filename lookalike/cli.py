@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("extractor", help="run an extractor (consumer-group member)")
-    p.set_defaults(func=lambda s, a: _service("run_extractor", s))
+    p.add_argument("--features", help="comma-separated; default LOOKALIKE_FEATURES")
+    p.set_defaults(func=lambda s, a: _service("run_extractor", _with_features(s, a.features)))
     p = sub.add_parser("indexer", help="run an indexer and search service")
     p.set_defaults(func=lambda s, a: _service("run_indexer_service", s))
     p = sub.add_parser("s3-gateway", help="embedded S3 server that publishes bucket events")
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distance", type=float)
     p.set_defaults(func=cmd_search)
     return parser
+
+
+def _with_features(settings: Settings, features: str | None) -> Settings:
+    return settings if not features else settings.model_copy(update={"features": features})
 
 
 def _service(name: str, settings: Settings) -> int:
@@ -126,13 +131,13 @@ def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.features.catalog import PHASH
+    from consumers.features import phash
     from consumers.kafka.clients import make_producer
     from lookalike.s3 import s3_client
     from producers.backfill import backfill, indexed_etags
 
     async def run() -> None:
-        indexed = {} if args.all else indexed_etags(settings.index_dir / "store", PHASH.index_name)
+        indexed = {} if args.all else indexed_etags(settings.index_dir / "store", phash.VERSION)
         producer = make_producer(settings)
         await producer.start()
         try:

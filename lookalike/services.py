@@ -7,7 +7,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from consumers.extractor.app import ExtractorService
-from consumers.features.catalog import FEATURES
+from consumers.features.catalog import build_features
 from consumers.indexer.app import run_indexer
 from lookalike.s3 import s3_client
 from producers.s3_gateway import serve_gateway
@@ -26,12 +26,13 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
 
 
 def run_extractor(settings: Settings) -> None:
-    service = ExtractorService(settings, s3_client(settings), list(FEATURES.values()))
+    service = ExtractorService(settings, s3_client(settings), build_features(settings))
     run_until_signalled(service.run)
 
 
 def run_indexer_service(settings: Settings) -> None:
-    run_until_signalled(lambda stop: run_indexer(settings, list(FEATURES.values()), stop))
+    features = build_features(settings)
+    run_until_signalled(lambda stop: run_indexer(settings, features, stop))
 
 
 def run_gateway(settings: Settings, port: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -36,15 +37,13 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
-        env = self.infra.env
-        return Settings(
-            _env_file=None,
-            kafka_bootstrap=env["LOOKALIKE_KAFKA_BOOTSTRAP"],
-            s3_endpoint=env["LOOKALIKE_S3_ENDPOINT"],
-            s3_access_key=env["LOOKALIKE_S3_ACCESS_KEY"],
-            s3_secret_key=env["LOOKALIKE_S3_SECRET_KEY"],
-            data_dir=self.data_dir,
-        )
+        """What the stack's processes see: their LOOKALIKE_* environment, no env file."""
+        given: dict[str, Any] = {
+            name.removeprefix("LOOKALIKE_").lower(): value
+            for name, value in self.infra.env.items()
+            if name.startswith("LOOKALIKE_")
+        }
+        return Settings(_env_file=None, **given)
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -53,12 +52,23 @@ class Stack:
         self.infra.start_s3_gateway()
         ensure_bucket(s3_client(self.settings), self.settings.bucket)
         self.write_env_file()
-        for i in range(self.extractor_count):
-            self.start_extractor(f"extractor-{i}")
+        for pool in self.extractor_pools():
+            for i in range(self.extractor_count):
+                self.start_extractor(pool, f"extractor-{pool.replace(',', '+')}-{i}")
         self.start_indexer()
 
-    def start_extractor(self, name: str) -> ManagedProcess:
-        proc = self.infra.lookalike_process("extractor", name=name)
+    def extractor_pools(self) -> list[str]:
+        """One extractor group per pool, each limited to the enabled features."""
+        settings = self.settings
+        pools = []
+        for pool in settings.extractor_pools.split(";"):
+            names = [n for n in pool.split(",") if n in settings.feature_names]
+            if names:
+                pools.append(",".join(names))
+        return pools
+
+    def start_extractor(self, features: str, name: str) -> ManagedProcess:
+        proc = self.infra.lookalike_process("extractor", f"--features={features}", name=name)
         proc.start()
         self.extractors.append(proc)
         return proc

@@ -6,7 +6,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from consumers.features.catalog import FEATURES
+from consumers.features.catalog import KNOWN
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -23,7 +23,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.similarity_results_topic: (p, {}),
         settings.dead_letter_topic: (1, {}),
     }
-    for name in FEATURES:
+    for name in KNOWN:
         plan[settings.features_topic(name)] = (p, compact)
     return plan
 

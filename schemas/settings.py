@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     search_timeout_s: float = 10.0
 
     # --- Extraction -------------------------------------------------------------------------
+    features: str = Field(
+        "phash,colour,clip", description="comma-separated features to extract and index"
+    )
+    # Split extraction by cost: fast features are never queued behind the model.
+    extractor_pools: str = Field(
+        "phash,colour;clip", description="embedded stack: one extractor group per ';' part"
+    )
     extract_batch_max: int = 32
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = Field(
@@ -63,6 +70,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".lookalike")
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [name.strip() for name in self.features.split(",") if name.strip()]
+
+    def extractor_group_for(self, features: list[str]) -> str:
+        return f"{self.extractor_group}.{'+'.join(features)}"
 
     def features_topic(self, feature: str) -> str:
         return f"{self.features_topic_prefix}{feature}"

@@ -20,7 +20,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A small upload limit, so the oversize test needs no 50 MB file.
-    stack = Stack(tmp_path_factory.mktemp("stack"), env={"LOOKALIKE_MAX_IMAGE_BYTES": "2000000"})
+    # A small CLIP architecture (random weights, as everywhere in tests) keeps the suite quick.
+    env = {"LOOKALIKE_MAX_IMAGE_BYTES": "2000000", "LOOKALIKE_CLIP_MODEL": "ViT-S-32"}
+    stack = Stack(tmp_path_factory.mktemp("stack"), env=env)
     stack.start()
     try:
         yield stack

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from index_store.feature_index import FeatureIndex
+from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
 
 
@@ -14,7 +15,7 @@ def upsert(image_id: str, code: bytes, etag: str) -> Upsert:
 
 
 def test_replayed_batch_changes_nothing(tmp_path: Path) -> None:
-    index = FeatureIndex(FeatureStore(tmp_path), "phash-test", 8)
+    index = FeatureIndex(FeatureStore(tmp_path), "phash-test", HammingIndex(8))
     batch = [upsert("b/1", bytes(8), "e1"), upsert("b/2", bytes([1] * 8), "e2")]
     assert len(index.apply(batch, {"t/0": 2})) == 2
     assert index.apply(batch, {"t/0": 2}) == []  # same ids, same eTags: nothing new
@@ -22,7 +23,7 @@ def test_replayed_batch_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_last_change_per_image_in_a_batch_wins(tmp_path: Path) -> None:
-    index = FeatureIndex(FeatureStore(tmp_path), "phash-test", 8)
+    index = FeatureIndex(FeatureStore(tmp_path), "phash-test", HammingIndex(8))
     index.apply([upsert("b/1", bytes(8), "e1"), Delete("b/1")], {"t/0": 2})
     assert len(index) == 0 and index.record("b/1") is None
     index.apply([Delete("b/2"), upsert("b/2", bytes(8), "e2")], {"t/0": 4})
@@ -31,13 +32,13 @@ def test_last_change_per_image_in_a_batch_wins(tmp_path: Path) -> None:
 
 def test_reopened_store_has_vectors_records_and_offsets(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
-    index = FeatureIndex(store, "phash-test", 8)
+    index = FeatureIndex(store, "phash-test", HammingIndex(8))
     index.apply([upsert("b/1", bytes(8), "e1"), upsert("b/2", bytes([3] * 8), "e2")], {"t/0": 7})
     index.apply([Delete("b/1")], {"t/0": 8, "t/1": 3})
     store.close()
 
     reopened = FeatureStore(tmp_path)
-    again = FeatureIndex(reopened, "phash-test", 8)
+    again = FeatureIndex(reopened, "phash-test", HammingIndex(8))
     assert again.load() == 1
     assert again.code_of("b/2") == bytes([3] * 8)
     assert again.record("b/2") is not None and again.record("b/2").etag == "e2"  # type: ignore[union-attr]

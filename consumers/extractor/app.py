@@ -11,7 +11,6 @@ indexer applies feature events idempotently (same image, same eTag -> no change)
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import TypeAlias
 
@@ -20,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from minio import Minio
 
-from consumers.extractor.handler import EventHandler, Outcome
+from consumers.extractor.handler import EventHandler
 from consumers.features.contract import FeatureSpec
 from consumers.kafka.clients import make_consumer, make_producer
 from consumers.kafka.dead_letters import DeadLetterSink
@@ -35,6 +34,7 @@ class ExtractorService:
     def __init__(self, settings: Settings, s3: Minio, features: Sequence[FeatureSpec]) -> None:
         self._settings = settings
         self._handler = EventHandler(settings, s3, features)
+        self._group = settings.extractor_group_for([spec.name for spec in features])
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -42,14 +42,14 @@ class ExtractorService:
         consumer = make_consumer(
             s,
             s.image_events_topic,
-            group_id=s.extractor_group,
+            group_id=self._group,
             max_poll_records=s.extract_batch_max,
         )
         producer = make_producer(s)
         await producer.start()
         await consumer.start()
         dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="extractor")
-        log.info("extractor.started", topic=s.image_events_topic, group=s.extractor_group)
+        log.info("extractor.started", topic=s.image_events_topic, group=self._group)
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=s.extract_batch_max)
@@ -76,7 +76,7 @@ class ExtractorService:
         consumer: AIOKafkaConsumer,
     ) -> None:
         records = [r for rs in batches.values() for r in rs]
-        outcomes = await self._handle_all(records)
+        outcomes = await self._handler.handle_batch([(r.key, r.value) for r in records])
         sends = []
         for record, outcome in zip(records, outcomes, strict=True):
             for event in outcome.events:
@@ -91,16 +91,3 @@ class ExtractorService:
             {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
         )
         self.processed += len(records)
-
-    async def _handle_all(self, records: list[Record]) -> list[Outcome]:
-        by_key: dict[bytes | None, list[int]] = defaultdict(list)
-        for i, record in enumerate(records):
-            by_key[record.key].append(i)
-        outcomes: list[Outcome | None] = [None] * len(records)
-
-        async def one_key(indices: list[int]) -> None:
-            for i in indices:  # one object's events stay in order
-                outcomes[i] = await self._handler.handle(records[i].value)
-
-        await asyncio.gather(*(one_key(ix) for ix in by_key.values()))
-        return [o for o in outcomes if o is not None]

@@ -1,27 +1,31 @@
-"""What the extractor does with one image-events message.
+"""What the extractor does with one poll's worth of image-events messages.
 
-Outcomes: feature events to publish, a reason for the dead-letter topic, or nothing (the
-event is not work: a read, a test event, a stale version). Never raises for bad input.
+1. per message, concurrently (one key's messages in order): parse, fetch, decode;
+2. per feature, once for the whole batch: describe every decoded image (CLIP batches here);
+3. per message, in order: feature events, or a dead-letter reason, or nothing (not work).
+Bad input never raises: it becomes a dead-letter reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 from minio import Minio
+from PIL import Image
 
-from consumers.extractor.describe import describe
 from consumers.extractor.object_fetch import (
+    FetchedObject,
     ObjectChanged,
     ObjectGone,
     ObjectTooLarge,
     fetch_object,
 )
 from consumers.features.contract import FeatureSpec
-from consumers.features.decode import UndecodableImage
+from consumers.features.decode import UndecodableImage, decode_image
 from schemas.features import FeatureEvent, FeatureOp
 from schemas.minio_events import (
     ChangeKind,
@@ -41,45 +45,87 @@ class Outcome:
     dead_letter_reason: str | None = None
 
 
+@dataclass
+class _Decoded:
+    change: ImageChange
+    obj: FetchedObject
+    image: Image.Image
+
+
+@dataclass
+class _Prepared:
+    """One message after step 1: deletions ready, images decoded, or the reason it failed."""
+
+    deletions: list[ImageChange] = field(default_factory=list)
+    decoded: list[_Decoded] = field(default_factory=list)
+    dead_letter_reason: str | None = None
+
+
 class EventHandler:
     def __init__(self, settings: Settings, s3: Minio, features: Sequence[FeatureSpec]) -> None:
         self._settings = settings
         self._s3 = s3
         self._features = list(features)
 
-    async def handle(self, raw: bytes | None) -> Outcome:
+    async def handle_batch(
+        self, messages: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Outcome]:
+        """`messages` are (key, value) pairs in partition order; one Outcome per message."""
+        prepared = await self._prepare_all(messages)
+        images = [d for p in prepared for d in p.decoded]
+        vectors = await asyncio.to_thread(self._describe, [d.image for d in images])
+        vector_of = {id(d): i for i, d in enumerate(images)}
+        outcomes = []
+        for p in prepared:
+            outcome = Outcome(dead_letter_reason=p.dead_letter_reason)
+            for change in p.deletions:
+                outcome.events.extend(self._deletions(change))
+            for d in p.decoded:
+                row = vector_of[id(d)]
+                outcome.events.extend(self._upserts(d, [v[row] for v in vectors]))
+            outcomes.append(outcome)
+        return outcomes
+
+    def _describe(self, images: list[Image.Image]) -> list[list[bytes]]:
+        """Per feature, the vectors of all images (batched: one model call per feature)."""
+        return [spec.describe_batch(images) if images else [] for spec in self._features]
+
+    async def _prepare_all(
+        self, messages: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[_Prepared]:
+        by_key: dict[bytes | None, list[int]] = defaultdict(list)
+        for i, (key, _) in enumerate(messages):
+            by_key[key].append(i)
+        prepared: list[_Prepared] = [_Prepared() for _ in messages]
+
+        async def one_key(indices: list[int]) -> None:
+            for i in indices:  # one object's events stay in order
+                prepared[i] = await self._prepare(messages[i][1])
+
+        await asyncio.gather(*(one_key(ix) for ix in by_key.values()))
+        return prepared
+
+    async def _prepare(self, raw: bytes | None) -> _Prepared:
         try:
             items = parse_notification(raw)
         except MalformedEvent as exc:
-            return Outcome(dead_letter_reason=f"malformed event: {exc}")
-        outcome = Outcome()
+            return _Prepared(dead_letter_reason=f"malformed event: {exc}")
+        prepared = _Prepared()
         for item in items:
             if isinstance(item, Ignored):
                 log.info("event.ignored", event=item.event_name, key=item.key, reason=item.reason)
-                continue
-            if item.kind is ChangeKind.REMOVED:
-                outcome.events.extend(self._deletions(item))
-                continue
-            reason = await self._describe_into(item, outcome.events)
-            if reason is not None:
-                outcome.dead_letter_reason = reason
-        return outcome
+            elif item.kind is ChangeKind.REMOVED:
+                prepared.deletions.append(item)
+            else:
+                result = await self._fetch_and_decode(item)
+                if isinstance(result, str):
+                    prepared.dead_letter_reason = result
+                elif result is not None:
+                    prepared.decoded.append(result)
+        return prepared
 
-    def _deletions(self, change: ImageChange) -> list[FeatureEvent]:
-        return [
-            FeatureEvent(
-                op=FeatureOp.DELETE,
-                image_id=change.image_id,
-                bucket=change.bucket,
-                key=change.key,
-                feature=spec.name,
-                feature_version=spec.version,
-            )
-            for spec in self._features
-        ]
-
-    async def _describe_into(self, change: ImageChange, out: list[FeatureEvent]) -> str | None:
-        """Append upserts for `change`; return a dead-letter reason instead if it is bad input."""
+    async def _fetch_and_decode(self, change: ImageChange) -> _Decoded | str | None:
+        """The decoded image, a dead-letter reason, or None for a stale event."""
         limit = self._settings.max_image_bytes
         if change.size is not None and change.size > limit:
             return f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
@@ -99,25 +145,40 @@ class EventHandler:
         except ObjectTooLarge as exc:
             return f"oversize upload: {exc}"
         try:
-            vectors = await asyncio.to_thread(
-                describe, obj.data, self._features, self._settings.max_image_pixels
+            image = await asyncio.to_thread(
+                decode_image, obj.data, max_pixels=self._settings.max_image_pixels
             )
         except UndecodableImage as exc:
             return f"undecodable image {change.image_id}: {exc}"
-        for spec in self._features:
-            out.append(
-                FeatureEvent(
-                    op=FeatureOp.UPSERT,
-                    image_id=change.image_id,
-                    bucket=change.bucket,
-                    key=change.key,
-                    feature=spec.name,
-                    feature_version=spec.version,
-                    etag=obj.etag,
-                    size=obj.size,
-                    vector_kind=spec.vector_kind,
-                    dim=spec.dim,
-                    vector=vectors[spec.name],
-                )
+        return _Decoded(change, obj, image)
+
+    def _deletions(self, change: ImageChange) -> list[FeatureEvent]:
+        return [
+            FeatureEvent(
+                op=FeatureOp.DELETE,
+                image_id=change.image_id,
+                bucket=change.bucket,
+                key=change.key,
+                feature=spec.name,
+                feature_version=spec.version,
             )
-        return None
+            for spec in self._features
+        ]
+
+    def _upserts(self, d: _Decoded, vectors: list[bytes]) -> list[FeatureEvent]:
+        return [
+            FeatureEvent(
+                op=FeatureOp.UPSERT,
+                image_id=d.change.image_id,
+                bucket=d.change.bucket,
+                key=d.change.key,
+                feature=spec.name,
+                feature_version=spec.version,
+                etag=d.obj.etag,
+                size=d.obj.size,
+                vector_kind=spec.vector_kind,
+                dim=spec.dim,
+                vector=vector,
+            )
+            for spec, vector in zip(self._features, vectors, strict=True)
+        ]

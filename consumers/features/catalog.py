@@ -1,10 +1,14 @@
-"""Which features this build knows, by name."""
+"""Which features this build knows, and how to build each from Settings."""
 
 from __future__ import annotations
 
-from consumers.features import phash
-from consumers.features.contract import FeatureSpec, Metric
+from collections.abc import Sequence
+
+from consumers.features import colour_histogram, phash
+from consumers.features.contract import FeatureSpec
+from index_store.metric import Metric
 from schemas.features import VectorKind
+from schemas.settings import Settings
 
 PHASH = FeatureSpec(
     name=phash.NAME,
@@ -13,13 +17,49 @@ PHASH = FeatureSpec(
     dim=phash.BITS,
     metric=Metric.HAMMING,
     describe_batch=lambda images: [phash.phash(img) for img in images],
+    # Query with the image and its mirror: mirrored copies are found too.
+    describe_query=lambda img: list(phash.phash_with_mirror(img)),
 )
 
-FEATURES: dict[str, FeatureSpec] = {PHASH.name: PHASH}
+COLOUR = FeatureSpec(
+    name=colour_histogram.NAME,
+    version=colour_histogram.VERSION,
+    vector_kind=VectorKind.FLOAT32,
+    dim=colour_histogram.DIM,
+    metric=Metric.L1,
+    describe_batch=lambda images: [colour_histogram.describe(img) for img in images],
+)
+
+KNOWN = ("phash", "colour", "clip")
 
 
-def feature(name: str) -> FeatureSpec:
-    try:
-        return FEATURES[name]
-    except KeyError:
-        raise KeyError(f"unknown feature {name!r}; known: {sorted(FEATURES)}") from None
+def clip_feature(settings: Settings) -> FeatureSpec:
+    from consumers.features.clip_embed import NAME, ClipEmbedder
+
+    embedder = ClipEmbedder(settings.clip_model, settings.clip_pretrained, settings.device)
+    return FeatureSpec(
+        name=NAME,
+        version=embedder.version,
+        vector_kind=VectorKind.FLOAT32,
+        dim=embedder.dim,
+        metric=Metric.COSINE,
+        describe_batch=lambda images: [row.tobytes() for row in embedder.embed_images(images)],
+        describe_text=lambda text: embedder.embed_text([text])[0].tobytes(),
+    )
+
+
+def build_features(settings: Settings, names: Sequence[str] | None = None) -> list[FeatureSpec]:
+    """The configured features (CLIP loads its model here: do it once per process)."""
+    wanted = list(names) if names is not None else settings.feature_names
+    unknown = sorted(set(wanted) - set(KNOWN))
+    if unknown:
+        raise ValueError(f"unknown features {unknown}; known: {list(KNOWN)}")
+    specs: list[FeatureSpec] = []
+    for name in wanted:
+        if name == "phash":
+            specs.append(PHASH)
+        elif name == "colour":
+            specs.append(COLOUR)
+        else:
+            specs.append(clip_feature(settings))
+    return specs

@@ -2,24 +2,19 @@
 
 A feature has a name (its topic and index), a version (model, weights, preprocessing: it
 names the index, so two versions never mix), the kind of vector it makes and how those are
-compared, and one function that describes a batch of decoded images.
+compared, and functions that describe a batch of decoded images, a query image (possibly as
+several vectors, e.g. a hash and its mirror) and, for joint image-text models, a text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from PIL import Image
 
+from index_store.metric import Metric
 from schemas.features import VectorKind
-
-
-class Metric(StrEnum):
-    HAMMING = "hamming"
-    L1 = "l1"
-    COSINE = "cosine"
 
 
 @dataclass(frozen=True)
@@ -30,6 +25,8 @@ class FeatureSpec:
     dim: int
     metric: Metric
     describe_batch: Callable[[Sequence[Image.Image]], list[bytes]]
+    describe_query: Callable[[Image.Image], list[bytes]] | None = None
+    describe_text: Callable[[str], bytes] | None = None
 
     @property
     def vector_bytes(self) -> int:
@@ -38,3 +35,8 @@ class FeatureSpec:
     @property
     def index_name(self) -> str:
         return self.version
+
+    def query_vectors(self, image: Image.Image) -> list[bytes]:
+        if self.describe_query is not None:
+            return self.describe_query(image)
+        return self.describe_batch([image])

@@ -12,7 +12,7 @@ from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.search_service import build_search_broker
 from consumers.kafka.clients import partitions_of
-from index_store.feature_index import FeatureIndex
+from index_store.feature_index import FeatureIndex, make_structure
 from index_store.lmdb_store import FeatureStore
 from schemas.settings import Settings
 
@@ -24,12 +24,13 @@ async def run_indexer(
 ) -> None:
     store = FeatureStore(settings.index_dir / "store")
     indexes = {
-        spec.name: FeatureIndex(store, spec.index_name, spec.vector_bytes) for spec in features
+        spec.name: FeatureIndex(store, spec.index_name, make_structure(spec.metric, spec.dim))
+        for spec in features
     }
     for index in indexes.values():
         await asyncio.to_thread(index.load)
     ingest = IngestService(settings, features, indexes, store.offsets())
-    engine = QueryEngine(settings, indexes)
+    engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
     request_partitions = await partitions_of(settings, settings.search_requests_topic)
     broker = build_search_broker(settings, engine, request_partitions)
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from consumers.features import phash
+from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
 from index_store.feature_index import FeatureIndex, Neighbour
 from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
@@ -20,8 +20,14 @@ class QueryError(Exception):
 
 
 class QueryEngine:
-    def __init__(self, settings: Settings, indexes: Mapping[str, FeatureIndex]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Mapping[str, FeatureSpec],
+        indexes: Mapping[str, FeatureIndex],
+    ) -> None:
         self._settings = settings
+        self._specs = specs  # by feature name
         self._indexes = indexes  # by feature name
         self.partitions: list[int] = []
 
@@ -29,7 +35,7 @@ class QueryEngine:
         started = time.perf_counter()
         try:
             index = self._index_for(request.feature)
-            queries, exclude = self._query_codes(request, index)
+            queries, exclude = self._query_vectors(request, self._specs[request.feature], index)
             found = index.search(queries, request.k, request.max_distance, exclude)
             reply = SearchReply(
                 ok=True,
@@ -52,8 +58,8 @@ class QueryEngine:
             )
         return index
 
-    def _query_codes(
-        self, request: SearchRequest, index: FeatureIndex
+    def _query_vectors(
+        self, request: SearchRequest, spec: FeatureSpec, index: FeatureIndex
     ) -> tuple[list[bytes], list[str]]:
         if request.image_id is not None:
             code = index.code_of(request.image_id)
@@ -73,11 +79,15 @@ class QueryEngine:
                 image = decode_image(request.image, max_pixels=self._settings.max_image_pixels)
             except UndecodableImage as exc:
                 raise QueryError(SearchErrorCode.BAD_IMAGE, f"query image: {exc}") from exc
-            straight, mirrored = phash.phash_with_mirror(image)
-            return ([straight, mirrored] if request.include_mirrored else [straight]), []
-        raise QueryError(
-            SearchErrorCode.UNSUPPORTED, f"feature {request.feature!r} cannot search by text"
-        )
+            vectors = spec.query_vectors(image)
+            return (vectors if request.include_mirrored else vectors[:1]), []
+        assert request.text is not None  # SearchRequest holds exactly one query
+        if spec.describe_text is None:
+            raise QueryError(
+                SearchErrorCode.UNSUPPORTED,
+                f"feature {request.feature!r} cannot search by text; 'clip' can",
+            )
+        return [spec.describe_text(request.text)], []
 
 
 def to_hit(n: Neighbour) -> SearchHit:
