@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from typing import TypeAlias
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from minio import Minio
 
@@ -39,12 +44,8 @@ class ExtractorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
-        consumer = make_consumer(
-            s,
-            s.image_events_topic,
-            group_id=self._group,
-            max_poll_records=s.extract_batch_max,
-        )
+        consumer = make_consumer(s, group_id=self._group, max_poll_records=s.extract_batch_max)
+        consumer.subscribe([s.image_events_topic], listener=_LogAssignments())
         producer = make_producer(s)
         await producer.start()
         await consumer.start()
@@ -91,3 +92,14 @@ class ExtractorService:
             {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
         )
         self.processed += len(records)
+        log.info("extractor.checkpoint", records=len(records), processed=self.processed)
+
+
+class _LogAssignments(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Which partitions this member owns, after every rebalance (scaling is visible in logs)."""
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("extractor.revoked", partitions=sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("extractor.assigned", partitions=sorted(tp.partition for tp in assigned))

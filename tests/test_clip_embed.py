@@ -1,0 +1,41 @@
+"""CLIP embeddings (random weights here: no downloads): shape, normalisation, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consumers.features.clip_embed import ClipEmbedder
+from lookalike.samples import photo
+
+
+@pytest.fixture(scope="module")
+def clip() -> ClipEmbedder:
+    return ClipEmbedder("ViT-S-32", None, "cpu")
+
+
+def test_image_and_text_vectors_share_one_space(clip: ClipEmbedder) -> None:
+    images = clip.embed_images([photo("coffee"), photo("rocket")])
+    texts = clip.embed_text(["a cup of coffee", "a rocket"])
+    assert images.shape == (2, clip.dim) and texts.shape == (2, clip.dim)
+    assert images.dtype == np.float32 and texts.dtype == np.float32
+    assert np.allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_gives_the_same_vectors_as_one_by_one(clip: ClipEmbedder) -> None:
+    pictures = [photo(n) for n in ("coffee", "rocket", "chelsea")]
+    batch = clip.embed_images(pictures)
+    single = np.vstack([clip.embed_images([p]) for p in pictures])
+    assert np.allclose(batch, single, atol=1e-4)
+
+
+def test_every_process_builds_the_same_random_model(clip: ClipEmbedder) -> None:
+    again = ClipEmbedder("ViT-S-32", None, "cpu")
+    assert again.version == clip.version
+    img = [photo("coffee")]
+    assert np.allclose(again.embed_images(img), clip.embed_images(img), atol=1e-5)
+
+
+def test_version_names_model_weights_and_preprocessing(clip: ClipEmbedder) -> None:
+    assert clip.version.startswith("clip-ViT-S-32-random-seed0-224px")
