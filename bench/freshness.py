@@ -18,8 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.workload import IndexedListener, distinct_jpegs, percentile
+from bench.workload import IndexedListener, percentile
 from lookalike.s3 import s3_client
+from lookalike.samples import distinct_jpegs
 from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes

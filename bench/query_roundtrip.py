@@ -13,12 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.workload import IndexedListener, distinct_jpegs, percentile
+from bench.workload import IndexedListener, percentile
 from consumers.features.catalog import PHASH
 from consumers.indexer.query import QueryEngine
 from index_store.feature_index import FeatureIndex, make_structure
 from index_store.lmdb_store import FeatureStore
 from lookalike.s3 import s3_client
+from lookalike.samples import distinct_jpegs
 from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes

@@ -8,27 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from PIL import Image, ImageEnhance
 
-from lookalike.samples import jpeg, photos
 from schemas.settings import Settings
 from schemas.similarity import SimilarityResult
-
-
-def distinct_jpegs(count: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
-    """`count` different pictures: random crops of the sample photos, rotated and re-toned."""
-    rng = np.random.default_rng(seed)
-    bases = list(photos().values())
-    out = []
-    for i in range(count):
-        base = bases[i % len(bases)]
-        w, h = base.size
-        cw, ch = int(w * rng.uniform(0.4, 0.7)), int(h * rng.uniform(0.4, 0.7))
-        x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
-        img = base.crop((x, y, x + cw, y + ch)).rotate(float(rng.uniform(-20, 20)))
-        img = ImageEnhance.Color(img).enhance(float(rng.uniform(0.3, 1.7)))
-        out.append(jpeg(img.resize(size, Image.Resampling.BILINEAR), quality=88))
-    return out
 
 
 def percentile(values: list[float], q: float) -> float:

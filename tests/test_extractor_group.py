@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.workload import distinct_jpegs
 from lookalike.s3 import s3_client
+from lookalike.samples import distinct_jpegs
 from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes

@@ -18,9 +18,10 @@ class UndecodableImage(ValueError):
     """The bytes are not an image we can describe; the text says why (goes to dead-letter)."""
 
 
-# Features look at <= 256 px, so JPEG may decode at 1/2, 1/4 or 1/8 scale (draft mode):
-# far less work for big photos, no effect on what the descriptors see.
-DRAFT_SIZE = (256, 256)
+# Features look at <= 224 px (CLIP's input; pHash uses 96, colour 128), so JPEG may decode
+# at 1/2, 1/4 or 1/8 scale (draft mode) as long as both sides stay >= 224: far less work for
+# big photos, no effect on what the descriptors see.
+DRAFT_SIZE = (224, 224)
 
 
 def decode_image(
