@@ -22,7 +22,8 @@ class IndexedListener:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.seen: dict[str, float] = {}
+        self.seen: dict[str, float] = {}  # image id -> first result (any feature)
+        self.seen_by_feature: dict[str, dict[str, float]] = {}
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=None,
@@ -49,6 +50,8 @@ class IndexedListener:
                 for record in records:
                     result = SimilarityResult.from_bytes(record.value)
                     self.seen.setdefault(result.image_id, now)
+                    by_id = self.seen_by_feature.setdefault(result.feature, {})
+                    by_id.setdefault(result.image_id, now)
                 self._arrived.set()
 
     async def wait_until(self, done: Callable[[], bool], timeout: float) -> bool:
