@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("up", help="run the embedded stack until Ctrl-C")
-    p.add_argument("--extractors", type=int, default=1)
+    p.add_argument("--extractors", type=int, default=1, help="processes per extractor group")
+    p.add_argument("--shards", type=int, default=1, help="indexer shards (partition sets)")
+    p.add_argument("--replicas", type=int, default=1, help="indexer processes per shard")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("extractor", help="run an extractor (consumer-group member)")
@@ -110,7 +112,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.stack import Stack
 
     _sigterm_as_ctrl_c()
-    stack = Stack(settings.data_dir, extractors=args.extractors)
+    stack = Stack(
+        settings.data_dir, extractors=args.extractors, shards=args.shards, replicas=args.replicas
+    )
     stack.start()
     print(f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. Ctrl-C stops it.")
     try:
@@ -137,7 +141,7 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from producers.backfill import backfill, indexed_etags
 
     async def run() -> None:
-        indexed = {} if args.all else indexed_etags(settings.index_dir / "store", phash.VERSION)
+        indexed = {} if args.all else indexed_etags(settings.index_dir, phash.VERSION)
         producer = make_producer(settings)
         await producer.start()
         try:

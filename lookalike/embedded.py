@@ -132,12 +132,16 @@ class Infrastructure:
         return proc
 
     def lookalike_process(
-        self, command: str, *args: str, name: str | None = None
+        self,
+        command: str,
+        *args: str,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> ManagedProcess:
         return ManagedProcess(
             name or command,
             [sys.executable, "-m", "lookalike", command, *args],
-            self.env,
+            {**self.env, **(env or {})},
             self.data_dir / "logs" / f"{name or command}.log",
         )
 

@@ -27,13 +27,26 @@ ENV_FILE = "stack.env"
 
 class Stack:
     def __init__(
-        self, data_dir: Path, *, extractors: int = 1, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        *,
+        extractors: int = 1,
+        shards: int = 1,
+        replicas: int = 1,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.infra = Infrastructure(self.data_dir, extra_env=env or {})
         self.extractor_count = extractors
+        self.shards = shards
+        self.replicas = replicas
         self.extractors: list[ManagedProcess] = []
-        self.indexer: ManagedProcess | None = None
+        self.indexers: dict[tuple[int, int], ManagedProcess] = {}  # (shard, replica) -> process
+
+    @property
+    def indexer(self) -> ManagedProcess | None:
+        """The first indexer (the only one in an unsharded stack)."""
+        return next(iter(self.indexers.values()), None)
 
     @property
     def settings(self) -> Settings:
@@ -55,7 +68,10 @@ class Stack:
         for pool in self.extractor_pools():
             for i in range(self.extractor_count):
                 self.start_extractor(pool, f"extractor-{pool.replace(',', '+')}-{i}")
-        self.start_indexer()
+        for shard in range(self.shards):
+            for replica in range(self.replicas):
+                self.start_indexer(shard, replica, wait=False)
+        self.wait_until_serving()
 
     def extractor_pools(self) -> list[str]:
         """One extractor group per pool, each limited to the enabled features."""
@@ -73,21 +89,39 @@ class Stack:
         self.extractors.append(proc)
         return proc
 
-    def start_indexer(self, wait: bool = True) -> ManagedProcess:
-        self.indexer = self.infra.lookalike_process("indexer")
-        self.indexer.start()
+    def shard_partitions(self, shard: int) -> list[int]:
+        return [p for p in range(self.settings.partitions) if p % self.shards == shard]
+
+    def start_indexer(self, shard: int = 0, replica: int = 0, wait: bool = True) -> ManagedProcess:
+        """Shard s serves partitions p with p % shards == s; replicas keep their own state."""
+        env: dict[str, str] = {}
+        name = "indexer"
+        if self.shards > 1 or self.replicas > 1:
+            name = f"indexer-s{shard}-r{replica}"
+            env = {
+                "LOOKALIKE_SHARD_PARTITIONS": ",".join(map(str, self.shard_partitions(shard))),
+                "LOOKALIKE_INDEX_PATH": str(self.data_dir / "index" / f"s{shard}-r{replica}"),
+            }
+        proc = self.infra.lookalike_process("indexer", name=name, env=env)
+        proc.start()
+        self.indexers[(shard, replica)] = proc
         if wait:
             self.wait_until_serving()
-        return self.indexer
+        return proc
 
     def wait_until_serving(self, timeout: float = 60.0) -> None:
-        """Until a search round trip through Kafka is answered."""
-        asyncio.run(_probe_search(self.settings, timeout, self.indexer))
+        """Until a search through Kafka is answered for every partition (every shard up)."""
+        asyncio.run(self.serving(timeout))
+
+    async def serving(self, timeout: float = 60.0) -> None:
+        """`wait_until_serving`, for callers already inside an event loop."""
+        await _probe_search(self.settings, timeout, list(self.indexers.values()))
 
     def stop(self) -> None:
-        for proc in [*self.extractors, *([self.indexer] if self.indexer else [])]:
+        for proc in [*self.extractors, *self.indexers.values()]:
             proc.stop()
         self.extractors.clear()
+        self.indexers.clear()
         self.infra.stop()
 
     def write_env_file(self) -> Path:
@@ -98,15 +132,17 @@ class Stack:
         return path
 
 
-async def _probe_search(settings: Settings, timeout: float, proc: ManagedProcess | None) -> None:
+async def _probe_search(settings: Settings, timeout: float, procs: list[ManagedProcess]) -> None:
     deadline = time.monotonic() + timeout
     async with SearchClient(settings) as client:
         while time.monotonic() < deadline:
-            if proc is not None and not proc.alive():
-                raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
+            for proc in procs:
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
             try:
-                await client.search(SearchRequest(image_id="-probe-"), timeout=1.0)
-                return
+                reply = await client.search(SearchRequest(image_id="-probe-"), timeout=1.0)
             except SearchTimeout:
                 continue
-    raise TimeoutError(f"no search reply within {timeout}s")
+            if not reply.partial:
+                return
+    raise TimeoutError(f"search not answered for every partition within {timeout}s")

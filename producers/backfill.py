@@ -40,17 +40,19 @@ class BackfillReport:
     up_to_date: int = 0
 
 
-def indexed_etags(store_path: Path, index: str) -> dict[str, str | None]:
-    """image_id -> eTag of what an index store holds; empty if there is no store yet."""
-    if not (store_path / "data.mdb").exists():
-        return {}
-    store = FeatureStore(store_path, readonly=True)
-    try:
-        return {image_id: rec.etag for image_id, rec in store.records(index)}
-    except lmdb.Error:  # the index was never written
-        return {}
-    finally:
-        store.close()
+def indexed_etags(index_root: Path, index: str) -> dict[str, str | None]:
+    """image_id -> eTag over every index store under `index_root` (all shards and replicas);
+    empty if there is none yet."""
+    etags: dict[str, str | None] = {}
+    for data_file in sorted(index_root.glob("**/data.mdb")):
+        store = FeatureStore(data_file.parent, readonly=True)
+        try:
+            etags.update((image_id, rec.etag) for image_id, rec in store.records(index))
+        except lmdb.Error:  # this store never held that index
+            pass
+        finally:
+            store.close()
+    return etags
 
 
 def list_bucket(s3: Minio, bucket: str) -> Iterator[BucketObject]:

@@ -16,7 +16,7 @@ from typing import Self
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.search import SearchReply, SearchRequest
+from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,7 @@ class SearchClient:
             enable_auto_commit=False,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
-        self._pending: dict[str, asyncio.Future[SearchReply]] = {}
+        self._pending: dict[str, asyncio.Queue[SearchReply]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -77,28 +77,61 @@ class SearchClient:
         await self._producer.stop()
 
     async def search(self, request: SearchRequest, timeout: float | None = None) -> SearchReply:
-        return await self.send_raw(request.to_bytes(), timeout)
+        """Ask every shard, merge their answers into one top-k.
+
+        Waits until the answers cover every feature partition, or `timeout` (default
+        LOOKALIKE_SEARCH_DEADLINE_S); then the reply is marked partial. Raises SearchTimeout
+        only if no shard answered at all.
+        """
+        wait = timeout if timeout is not None else self._settings.search_deadline_s
+        replies = await self._gather(request.to_bytes(), wait)
+        owner = next((r for r in replies if r.ok and r.query_vector), None)
+        others_lack_it = any(r.error_code is SearchErrorCode.NOT_FOUND for r in replies)
+        if request.image_id is not None and owner is not None and others_lack_it:
+            # Sharded: only the owner has the image's vector; ask every shard with it.
+            by_vector = request.model_copy(
+                update={
+                    "image_id": None,
+                    "vector": owner.query_vector,
+                    "exclude": [*request.exclude, request.image_id],
+                }
+            )
+            replies = await self._gather(by_vector.to_bytes(), wait)
+        return merge_replies(replies, request.k)
 
     async def send_raw(self, value: bytes, timeout: float | None = None) -> SearchReply:
         """Send any bytes as a request (tests use this for malformed requests)."""
+        wait = timeout if timeout is not None else self._settings.search_deadline_s
+        return merge_replies(await self._gather(value, wait), k=0)
+
+    async def _gather(self, value: bytes, wait: float) -> list[SearchReply]:
         correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[SearchReply] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
+        inbox: asyncio.Queue[SearchReply] = asyncio.Queue()
+        self._pending[correlation_id] = inbox
         headers = [
             ("correlation_id", correlation_id.encode()),
             ("reply_to", self._reply_topic.encode()),
         ]
+        replies: list[SearchReply] = []
         try:
             await self._producer.send_and_wait(
                 self._settings.search_requests_topic, value, headers=headers
             )
-            wait = timeout if timeout is not None else self._settings.search_timeout_s
-            try:
-                return await asyncio.wait_for(future, wait)
-            except TimeoutError:
-                raise SearchTimeout(f"no reply within {wait}s") from None
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while not _covers_all(replies):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    replies.append(await asyncio.wait_for(inbox.get(), left))
+                except TimeoutError:
+                    break
         finally:
             self._pending.pop(correlation_id, None)
+        if not replies:
+            raise SearchTimeout(f"no reply within {wait}s")
+        return replies
 
     async def _read_replies(self) -> None:
         while True:
@@ -106,11 +139,48 @@ class SearchClient:
             for records in batches.values():
                 for record in records:
                     headers = dict(record.headers)
-                    cid = headers.get("correlation_id", b"").decode()
-                    future = self._pending.get(cid)
-                    if future is None or future.done():
+                    inbox = self._pending.get(headers.get("correlation_id", b"").decode())
+                    if inbox is None:
                         continue
                     try:
-                        future.set_result(SearchReply.from_bytes(record.value))
-                    except ValueError as exc:
-                        future.set_exception(exc)
+                        inbox.put_nowait(SearchReply.from_bytes(record.value))
+                    except ValueError:
+                        log.warning("search.bad_reply", topic=record.topic, offset=record.offset)
+
+
+def _covers_all(replies: list[SearchReply]) -> bool:
+    if not replies:
+        return False
+    count = max(r.partition_count for r in replies)
+    covered = {p for r in replies for p in r.partitions}
+    return count == 0 or covered >= set(range(count))
+
+
+def merge_replies(replies: list[SearchReply], k: int) -> SearchReply:
+    """One reply from the shards' replies: hits merged by distance (replicas deduplicated),
+    partial when the answers do not cover every partition."""
+    count = max(r.partition_count for r in replies)
+    covered = sorted({p for r in replies for p in r.partitions})
+    partial = count > 0 and len(covered) < count
+    answered = [r for r in replies if r.ok]
+    if not answered:
+        first = replies[0]
+        return first.model_copy(update={"partitions": covered, "partial": partial})
+    best: dict[str, SearchHit] = {}
+    for reply in answered:
+        for hit in reply.hits:
+            if hit.image_id not in best or hit.distance < best[hit.image_id].distance:
+                best[hit.image_id] = hit
+    hits = sorted(best.values(), key=lambda h: (h.distance, h.image_id))
+    shards = {tuple(r.partitions): r.indexed for r in answered}  # replicas counted once
+    return SearchReply(
+        ok=True,
+        feature=answered[0].feature,
+        hits=hits[:k] if k else hits,
+        indexed=sum(shards.values()),
+        partitions=covered,
+        partition_count=count,
+        partial=partial,
+        took_ms=max(r.took_ms for r in answered),
+        query_vector=next((r.query_vector for r in answered if r.query_vector), None),
+    )

@@ -1,8 +1,11 @@
 """Request-reply search contract.
 
 A request goes to the search-requests topic with Kafka headers `correlation_id` and
-`reply_to` (the topic the caller listens on); the reply goes to `reply_to` with the same
-`correlation_id` header. Exactly one of `image_id`, `image` or `text` names the query.
+`reply_to` (the topic the caller listens on). Every indexer reads every request partition,
+and each answers for the feature partitions it serves (its shard): replies go to `reply_to`
+with the same `correlation_id` header, and the caller merges them into one top-k, marking the
+result partial if some partitions did not answer before its deadline.
+Exactly one of `image_id`, `image`, `text` or `vector` names the query.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ class SearchRequest(Message):
     image_id: str | None = Field(None, description="an indexed bucket/key")
     image: bytes | None = Field(None, description="encoded image bytes (JPEG, PNG, ...)")
     text: str | None = Field(None, description="text query, for features with a text tower")
+    vector: bytes | None = Field(None, description="a raw query vector of the feature's kind")
+    exclude: list[str] = Field(default_factory=list, description="image ids to leave out")
     include_mirrored: bool = Field(True, description="also match horizontally flipped copies")
 
     @model_validator(mode="after")
     def _exactly_one_query(self) -> SearchRequest:
-        given = [v is not None for v in (self.image_id, self.image, self.text)]
+        given = [v is not None for v in (self.image_id, self.image, self.text, self.vector)]
         if sum(given) != 1:
-            raise ValueError("give exactly one of image_id, image, text")
+            raise ValueError("give exactly one of image_id, image, text, vector")
         return self
 
 
@@ -57,7 +62,11 @@ class SearchReply(Message):
     hits: list[SearchHit] = Field(default_factory=list)
     error_code: SearchErrorCode | None = None
     error: str | None = None
-    indexed: int = Field(0, description="images in the index that answered")
+    indexed: int = Field(0, description="images in the index(es) that answered")
     partitions: list[int] = Field(default_factory=list, description="feature partitions covered")
-    partial: bool = False
+    partition_count: int = Field(0, description="partitions the feature topic has in all")
+    partial: bool = Field(False, description="some partitions did not answer in time")
+    query_vector: bytes | None = Field(
+        None, description="the vector of an image_id query, so other shards can be asked"
+    )
     took_ms: float = 0.0

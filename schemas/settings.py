@@ -66,8 +66,17 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    # --- Sharding -----------------------------------------------------------------------------
+    shard_partitions: str | None = Field(
+        None, description="feature partitions this indexer serves, e.g. '0,1'; all if unset"
+    )
+    search_deadline_s: float = Field(
+        2.0, description="how long a search waits for every shard before a partial reply"
+    )
+
     # --- Local state ------------------------------------------------------------------------
     data_dir: Path = Path(".lookalike")
+    index_path: Path | None = Field(None, description="indexer state; default DATA_DIR/index")
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
 
@@ -83,4 +92,10 @@ class Settings(BaseSettings):
 
     @property
     def index_dir(self) -> Path:
-        return self.data_dir / "index"
+        return self.index_path or self.data_dir / "index"
+
+    @property
+    def shard_partition_list(self) -> list[int] | None:
+        if not self.shard_partitions:
+            return None
+        return sorted({int(p) for p in self.shard_partitions.split(",") if p.strip()})

@@ -29,7 +29,9 @@ async def run_indexer(
     }
     for index in indexes.values():
         await asyncio.to_thread(index.load)
-    ingest = IngestService(settings, features, indexes, store.offsets())
+    ingest = IngestService(
+        settings, features, indexes, store.offsets(), partitions=settings.shard_partition_list
+    )
     engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
     request_partitions = await partitions_of(settings, settings.search_requests_topic)
     broker = build_search_broker(settings, engine, request_partitions)
@@ -41,6 +43,8 @@ async def run_indexer(
         )
         if ingest_task.done():
             ingest_task.result()  # raise why it stopped
+        engine.partitions = ingest.served_partitions
+        engine.partition_count = ingest.partition_count
         await broker.start()
         log.info("indexer.serving", images={n: len(i) for n, i in indexes.items()})
         await ingest_task

@@ -54,6 +54,8 @@ class IngestService:
         self._partitions = partitions
         self.records_read = 0
         self.ready = asyncio.Event()
+        self.served_partitions: list[int] = []  # known once assigned
+        self.partition_count = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
@@ -85,6 +87,8 @@ class IngestService:
                 raise RuntimeError(f"topic {topic} does not exist; run `lookalike create-topics`")
             wanted = known if self._partitions is None else set(self._partitions) & known
             tps.extend(TopicPartition(topic, p) for p in sorted(wanted))
+            self.served_partitions = sorted(wanted)
+            self.partition_count = len(known)
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         for tp in tps:

@@ -29,7 +29,9 @@ class QueryEngine:
         self._settings = settings
         self._specs = specs  # by feature name
         self._indexes = indexes  # by feature name
+        # This indexer's shard: set once its partitions are assigned.
         self.partitions: list[int] = []
+        self.partition_count = 0
 
     def answer(self, request: SearchRequest) -> SearchReply:
         started = time.perf_counter()
@@ -43,9 +45,13 @@ class QueryEngine:
                 hits=[to_hit(n) for n in found],
                 indexed=len(index),
                 partitions=self.partitions,
+                partition_count=self.partition_count,
+                query_vector=queries[0] if request.image_id is not None else None,
             )
         except QueryError as exc:
-            reply = error_reply(request.feature, exc.code, str(exc))
+            reply = error_reply(request.feature, exc.code, str(exc)).model_copy(
+                update={"partitions": self.partitions, "partition_count": self.partition_count}
+            )
         took = (time.perf_counter() - started) * 1000
         return reply.model_copy(update={"took_ms": took})
 
@@ -61,13 +67,22 @@ class QueryEngine:
     def _query_vectors(
         self, request: SearchRequest, spec: FeatureSpec, index: FeatureIndex
     ) -> tuple[list[bytes], list[str]]:
+        exclude = list(request.exclude)
         if request.image_id is not None:
             code = index.code_of(request.image_id)
             if code is None:
                 raise QueryError(
                     SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in the index"
                 )
-            return [code], [request.image_id]
+            return [code], [*exclude, request.image_id]
+        if request.vector is not None:
+            if len(request.vector) != spec.vector_bytes:
+                raise QueryError(
+                    SearchErrorCode.BAD_REQUEST,
+                    f"a {spec.name} vector has {spec.vector_bytes} bytes, "
+                    f"not {len(request.vector)}",
+                )
+            return [request.vector], exclude
         if request.image is not None:
             limit = self._settings.max_query_image_bytes
             if len(request.image) > limit:
@@ -80,14 +95,14 @@ class QueryEngine:
             except UndecodableImage as exc:
                 raise QueryError(SearchErrorCode.BAD_IMAGE, f"query image: {exc}") from exc
             vectors = spec.query_vectors(image)
-            return (vectors if request.include_mirrored else vectors[:1]), []
+            return (vectors if request.include_mirrored else vectors[:1]), exclude
         assert request.text is not None  # SearchRequest holds exactly one query
         if spec.describe_text is None:
             raise QueryError(
                 SearchErrorCode.UNSUPPORTED,
                 f"feature {request.feature!r} cannot search by text; 'clip' can",
             )
-        return [spec.describe_text(request.text)], []
+        return [spec.describe_text(request.text)], exclude
 
 
 def to_hit(n: Neighbour) -> SearchHit:
