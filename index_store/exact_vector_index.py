@@ -5,7 +5,9 @@ Right for small indexes and as the ground truth that approximate indexes are che
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -82,6 +84,25 @@ class ExactVectorIndex:
         ranked = sorted((float(dist[s]), self._ids[s]) for s in top if np.isfinite(dist[s]))
         limit = np.inf if max_distance is None else max_distance
         return [(i, d) for d, i in ranked if i is not None and d <= limit]
+
+    def save(self, directory: Path) -> None:
+        ids = [i for i in self._ids[: self._used] if i is not None]
+        np.save(directory / "vectors.npy", self._vectors[: self._used][self._live[: self._used]])
+        doc = {"dim": self.dim, "metric": self.metric.value, "ids": ids}
+        (directory / "ids.json").write_text(json.dumps(doc))
+
+    @classmethod
+    def load(cls, directory: Path) -> ExactVectorIndex:
+        doc = json.loads((directory / "ids.json").read_text())
+        vectors = np.load(directory / "vectors.npy")
+        n = len(doc["ids"])
+        index = cls(int(doc["dim"]), Metric(doc["metric"]), capacity=max(1024, n))
+        index._vectors[:n] = vectors
+        index._live[:n] = True
+        index._ids[:n] = doc["ids"]
+        index._slot_of = {image_id: slot for slot, image_id in enumerate(doc["ids"])}
+        index._used = n
+        return index
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.float32]:
         q = np.frombuffer(query, dtype=np.float32)

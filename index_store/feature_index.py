@@ -3,6 +3,12 @@
 Writes go to LMDB first (with the offsets they cover), then to memory, so memory is always
 rebuildable from disk. Applying the same change twice changes nothing (idempotent), which
 is what makes at-least-once delivery safe.
+
+Checkpoint, in order: (1) each batch's changes and offsets are committed to LMDB together,
+numbered by the store's change counter; (2) `checkpoint()` writes the in-memory structure as
+a snapshot tagged with the change number it covers (atomically, see snapshots.py); (3) the
+store's change log up to that number is dropped. A restart loads the newest snapshot and
+replays only the store's changes after it, then resumes Kafka at the stored offsets.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, Self
 
 import structlog
 
@@ -18,6 +25,7 @@ from index_store.exact_vector_index import ExactVectorIndex
 from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
 from index_store.metric import Metric
+from index_store.snapshots import latest, write
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +51,9 @@ class SearchStructure(Protocol):
         max_distance: float | None = None,
         exclude: Iterable[str] = (),
     ) -> Sequence[tuple[str, float]]: ...
+    def save(self, directory: Path) -> None: ...
+    @classmethod
+    def load(cls, directory: Path) -> Self: ...
 
 
 def make_structure(metric: Metric, dim: int) -> SearchStructure:
@@ -53,22 +64,63 @@ def make_structure(metric: Metric, dim: int) -> SearchStructure:
 
 
 class FeatureIndex:
-    def __init__(self, store: FeatureStore, name: str, structure: SearchStructure) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        name: str,
+        structure: SearchStructure,
+        snapshot_dir: Path | None = None,
+    ) -> None:
         self.name = name
         self._store = store
         self._index = structure
+        self._snapshot_dir = snapshot_dir
         # Searches run in worker threads while batches are applied: one lock keeps them apart.
         self._lock = threading.Lock()
+        self._applied_seq = 0  # store change number that memory reflects
+        self._checkpointed_seq = -1
 
     def __len__(self) -> int:
         return len(self._index)
 
     def load(self) -> int:
+        """From the newest snapshot plus the changes after it, or else from the whole store."""
+        snapshot = latest(self._snapshot_dir) if self._snapshot_dir else None
         with self._lock:
-            for image_id, code in self._store.vectors(self.name):
-                self._index.upsert(image_id, code)
-        log.info("index.loaded", index=self.name, images=len(self._index))
+            if snapshot is not None:
+                self._index = type(self._index).load(snapshot.path)
+                changed = self._store.changed_since(self.name, snapshot.seq)
+                for image_id in changed:
+                    vector = self._store.vector(self.name, image_id)
+                    if vector is None:
+                        self._index.remove(image_id)
+                    else:
+                        self._index.upsert(image_id, vector)
+                self._checkpointed_seq = snapshot.seq
+                source = f"snapshot {snapshot.seq} + {len(changed)} later changes"
+            else:
+                for image_id, code in self._store.vectors(self.name):
+                    self._index.upsert(image_id, code)
+                source = "store"
+            self._applied_seq = self._store.seq(self.name)
+        log.info("index.loaded", index=self.name, images=len(self._index), source=source)
         return len(self._index)
+
+    def checkpoint(self) -> bool:
+        """Snapshot the in-memory structure if it changed since the last one."""
+        if self._snapshot_dir is None:
+            return False
+        with self._lock:
+            seq = self._applied_seq
+            if seq == self._checkpointed_seq:
+                return False
+            write(
+                self._snapshot_dir, seq, self._index.save, {"index": self.name, "count": len(self)}
+            )
+            self._checkpointed_seq = seq
+        self._store.forget_changes(self.name, seq)
+        log.info("index.checkpointed", index=self.name, seq=seq, images=len(self))
+        return True
 
     def apply(self, changes: Sequence[Change], offsets: dict[str, int]) -> list[Upsert]:
         """Persist then index `changes`; returns the upserts that changed something."""
@@ -85,13 +137,14 @@ class FeatureIndex:
             elif current is None:
                 continue  # delete of something never indexed
             effective.append(change)
-        self._store.apply(self.name, effective, offsets)
+        seq = self._store.apply(self.name, effective, offsets)
         with self._lock:
             for change in effective:
                 if isinstance(change, Upsert):
                     self._index.upsert(change.image_id, change.vector)
                 else:
                     self._index.remove(change.image_id)
+            self._applied_seq = seq
         return [c for c in effective if isinstance(c, Upsert)]
 
     def code_of(self, image_id: str) -> bytes | None:

@@ -7,7 +7,9 @@ simple, exact, and fast enough for a few million codes per shard.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +88,25 @@ class HammingIndex:
         found = [(self._ids[slot], int(dist[slot])) for slot in candidates]
         ranked = sorted((d, i) for i, d in found if i is not None)
         return [(i, float(d)) for d, i in ranked[:k]]
+
+    def save(self, directory: Path) -> None:
+        """Live codes and their ids (slots are compacted: free slots are not saved)."""
+        ids = [i for i in self._ids[: self._used] if i is not None]
+        np.save(directory / "codes.npy", self._codes[: self._used][self._live[: self._used]])
+        (directory / "ids.json").write_text(json.dumps({"code_bytes": self.code_bytes, "ids": ids}))
+
+    @classmethod
+    def load(cls, directory: Path) -> HammingIndex:
+        doc = json.loads((directory / "ids.json").read_text())
+        codes = np.load(directory / "codes.npy")
+        index = cls(int(doc["code_bytes"]), capacity=max(1024, len(doc["ids"])))
+        n = len(doc["ids"])
+        index._codes[:n] = codes
+        index._live[:n] = True
+        index._ids[:n] = doc["ids"]
+        index._slot_of = {image_id: slot for slot, image_id in enumerate(doc["ids"])}
+        index._used = n
+        return index
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
         q = np.frombuffer(query, dtype=np.uint64)

@@ -4,7 +4,9 @@ offsets, written together in one transaction per batch.
 Because a batch's changes and the offsets they cover commit atomically, a restart (even
 after kill -9) resumes exactly after the last applied message: nothing lost, nothing twice.
 Named databases: `vec:<index>` (image_id -> raw bytes), `meta:<index>` (image_id -> JSON
-ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text).
+ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text), `seq` (index ->
+number of changes ever applied) and `log:<index>` (change number -> image_id): the change log
+lets a restart bring an index snapshot up to date by replaying only what came after it.
 """
 
 from __future__ import annotations
@@ -61,12 +63,18 @@ class FeatureStore:
             self._dbs[name] = db
         return db
 
-    def apply(self, index: str, changes: Sequence[Change], offsets: dict[str, int]) -> None:
-        """Write one batch and the offsets it covers, all or nothing."""
+    def apply(self, index: str, changes: Sequence[Change], offsets: dict[str, int]) -> int:
+        """Write one batch and the offsets it covers, all or nothing; returns the index's
+        change number after it."""
         vec, meta, offs = self._db(f"vec:{index}"), self._db(f"meta:{index}"), self._db("offsets")
+        seqs, log = self._db("seq"), self._db(f"log:{index}")
         with self._env.begin(write=True) as txn:
+            raw = txn.get(index.encode(), db=seqs)
+            seq = int(raw) if raw is not None else 0
             for change in changes:
                 key = change.image_id.encode()
+                seq += 1
+                txn.put(seq.to_bytes(8, "big"), key, db=log)
                 if isinstance(change, Upsert):
                     txn.put(key, change.vector, db=vec)
                     txn.put(key, change.record.model_dump_json().encode(), db=meta)
@@ -75,6 +83,29 @@ class FeatureStore:
                     txn.delete(key, db=meta)
             for name, offset in offsets.items():
                 txn.put(name.encode(), str(offset).encode(), db=offs)
+            txn.put(index.encode(), str(seq).encode(), db=seqs)
+        return seq
+
+    def seq(self, index: str) -> int:
+        with self._env.begin(db=self._db("seq")) as txn:
+            raw = txn.get(index.encode())
+        return int(raw) if raw is not None else 0
+
+    def changed_since(self, index: str, seq: int) -> set[str]:
+        """Image ids changed after change number `seq` (to bring a snapshot up to date)."""
+        with self._env.begin(db=self._db(f"log:{index}")) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range((seq + 1).to_bytes(8, "big")):
+                return set()
+            return {bytes(v).decode() for _, v in cursor}
+
+    def forget_changes(self, index: str, upto: int) -> None:
+        """Drop change-log entries <= `upto` (a snapshot covers them)."""
+        log = self._db(f"log:{index}")
+        with self._env.begin(write=True, db=log) as txn:
+            cursor = txn.cursor()
+            while cursor.first() and int.from_bytes(cursor.key(), "big") <= upto:
+                cursor.delete()
 
     def offsets(self) -> dict[str, int]:
         with self._env.begin(db=self._db("offsets")) as txn:

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     # --- Local state ------------------------------------------------------------------------
     data_dir: Path = Path(".lookalike")
     index_path: Path | None = Field(None, description="indexer state; default DATA_DIR/index")
+    checkpoint_interval_s: float = Field(30.0, description="how often indexes are snapshotted")
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from minio import Minio
@@ -23,10 +25,11 @@ from tests.kafka_helpers import eventually
 pytestmark = pytest.mark.integration
 
 
-async def by_id(search: SearchClient, image_id: str) -> SearchReply | None:
+async def by_id(search: SearchClient, image_id: str, feature: str = "phash") -> SearchReply | None:
     """None while no indexer answers (it is restarting)."""
     try:
-        return await search.search(SearchRequest(image_id=image_id, k=10), timeout=2.0)
+        request = SearchRequest(feature=feature, image_id=image_id, k=10)
+        return await search.search(request, timeout=2.0)
     except SearchTimeout:
         return None
 
@@ -48,7 +51,10 @@ async def test_indexer_restart_keeps_results(
         upload_bytes(s3, settings.bucket, f"{prefix}/{name}.jpg", jpeg(photo(name)))
     probe = f"{settings.bucket}/{prefix}/chelsea.jpg"
     await eventually(lambda: by_id(search, f"{settings.bucket}/{prefix}/coffee.jpg"), found)
-    await eventually(lambda: by_id(search, probe), found)
+    for name in ("astronaut", "coffee", "chelsea"):  # in every index, before the restart
+        image_id = f"{settings.bucket}/{prefix}/{name}.jpg"
+        for feature in ("phash", "colour", "clip"):
+            await eventually(lambda i=image_id, f=feature: by_id(search, i, f), found)
     before = await by_id(search, probe)
     assert before is not None
 
@@ -64,6 +70,21 @@ async def test_indexer_restart_keeps_results(
         (h.image_id, h.distance) for h in before.hits
     ]
     assert after.indexed >= before.indexed
+
+    # It resumed from its checkpoint: the store's offsets, no replay of the feature topics.
+    log_path = stack.indexer.log_path
+    assert stack.indexer is not None
+    stack.indexer.stop()
+    stopped = [e for e in log_events(log_path) if e["event"] == "ingest.stopped"]
+    loaded = [e for e in log_events(log_path) if e["event"] == "index.loaded"]
+    assert stopped[-1]["records_read"] == 0
+    assert all(str(e["source"]).startswith("snapshot") for e in loaded[-3:])
+    stack.start_indexer(wait=False)
+    await stack.serving()
+
+
+def log_events(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
 @pytest.fixture

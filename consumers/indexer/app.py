@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -23,8 +24,14 @@ async def run_indexer(
     settings: Settings, features: Sequence[FeatureSpec], stop: asyncio.Event
 ) -> None:
     store = FeatureStore(settings.index_dir / "store")
+    snapshots = settings.index_dir / "snapshots"
     indexes = {
-        spec.name: FeatureIndex(store, spec.index_name, make_structure(spec.metric, spec.dim))
+        spec.name: FeatureIndex(
+            store,
+            spec.index_name,
+            make_structure(spec.metric, spec.dim),
+            snapshot_dir=snapshots / spec.index_name,
+        )
         for spec in features
     }
     for index in indexes.values():
@@ -35,7 +42,11 @@ async def run_indexer(
     engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
     request_partitions = await partitions_of(settings, settings.search_requests_topic)
     broker = build_search_broker(settings, engine, request_partitions)
+    await checkpoint_all(indexes)  # a restart after this needs no full reload
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
+    checkpoints = asyncio.create_task(
+        checkpoint_periodically(indexes, settings.checkpoint_interval_s, stop)
+    )
     try:
         await asyncio.wait(
             [ingest_task, asyncio.create_task(ingest.ready.wait())],
@@ -53,5 +64,22 @@ async def run_indexer(
         await broker.stop()
         if not ingest_task.done():
             await ingest_task
+        checkpoints.cancel()
+        await checkpoint_all(indexes)  # clean shutdown: the next start replays nothing
         store.close()
         log.info("indexer.stopped", records_read=ingest.records_read)
+
+
+async def checkpoint_all(indexes: Mapping[str, FeatureIndex]) -> None:
+    for index in indexes.values():
+        await asyncio.to_thread(index.checkpoint)
+
+
+async def checkpoint_periodically(
+    indexes: Mapping[str, FeatureIndex], interval: float, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set():
+            await checkpoint_all(indexes)

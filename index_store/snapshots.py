@@ -1,0 +1,77 @@
+"""Index snapshots on disk, written so that a crash at any moment leaves the previous one usable.
+
+A snapshot is a directory `<seq>/` (seq = the store's change number it covers) holding the
+search structure's files and a MANIFEST.json written last. It is built under a temporary name
+and renamed into place in one step; `latest` only trusts directories with a manifest, so a
+half-written snapshot is never loaded, and the next checkpoint removes its leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "MANIFEST.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    path: Path
+    manifest: dict[str, object]
+
+
+def latest(directory: Path) -> Snapshot | None:
+    if not directory.is_dir():
+        return None
+    complete = [p for p in directory.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file()]
+    if not complete:
+        return None
+    best = max(complete, key=lambda p: int(p.name))
+    manifest = json.loads((best / MANIFEST).read_text())
+    return Snapshot(int(best.name), best, manifest)
+
+
+def write(
+    directory: Path, seq: int, save: Callable[[Path], None], manifest: dict[str, object]
+) -> Snapshot:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp-{seq}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    save(tmp)
+    doc = {**manifest, "seq": seq, "written_at": time.time()}
+    (tmp / f"{MANIFEST}.part").write_text(json.dumps(doc))
+    _fsync_all(tmp)
+    os.replace(tmp / f"{MANIFEST}.part", tmp / MANIFEST)
+    final = directory / f"{seq:012d}"
+    if final.exists():  # same seq checkpointed again: keep the one already complete
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in directory.iterdir():  # earlier snapshots and leftovers of crashed ones
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return Snapshot(seq, final, doc)
+
+
+def _fsync_all(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
