@@ -92,6 +92,10 @@ class ExactVectorIndex:
         (directory / "ids.json").write_text(json.dumps(doc))
 
     @classmethod
+    def empty_like(cls, other: ExactVectorIndex) -> ExactVectorIndex:
+        return cls(other.dim, other.metric)
+
+    @classmethod
     def load(cls, directory: Path) -> ExactVectorIndex:
         doc = json.loads((directory / "ids.json").read_text())
         vectors = np.load(directory / "vectors.npy")

@@ -14,7 +14,7 @@ replays only the store's changes after it, then resumes Kafka at the stored offs
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
@@ -54,6 +54,8 @@ class SearchStructure(Protocol):
     def save(self, directory: Path) -> None: ...
     @classmethod
     def load(cls, directory: Path) -> Self: ...
+    @classmethod
+    def empty_like(cls, other: Self) -> Self: ...
 
 
 def make_structure(metric: Metric, dim: int) -> SearchStructure:
@@ -79,6 +81,7 @@ class FeatureIndex:
         self._lock = threading.Lock()
         self._applied_seq = 0  # store change number that memory reflects
         self._checkpointed_seq = -1
+        self._rebuild_from: int | None = None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -118,7 +121,8 @@ class FeatureIndex:
                 self._snapshot_dir, seq, self._index.save, {"index": self.name, "count": len(self)}
             )
             self._checkpointed_seq = seq
-        self._store.forget_changes(self.name, seq)
+        keep_from = self._rebuild_from
+        self._store.forget_changes(self.name, seq if keep_from is None else min(seq, keep_from))
         log.info("index.checkpointed", index=self.name, seq=seq, images=len(self))
         return True
 
@@ -146,6 +150,38 @@ class FeatureIndex:
                     self._index.remove(change.image_id)
             self._applied_seq = seq
         return [c for c in effective if isinstance(c, Upsert)]
+
+    def rebuild(
+        self,
+        vectors: Iterable[tuple[str, bytes]],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Build a fresh structure from `vectors` while searches use the old one, then swap.
+
+        Changes applied meanwhile are in the store's change log: replayed into the new
+        structure under the lock, just before the swap, so nothing is lost.
+        """
+        started_at = self._store.seq(self.name)
+        self._rebuild_from = started_at  # checkpoints keep the change log from here on
+        fresh = type(self._index).empty_like(self._index)
+        try:
+            for count, (image_id, vector) in enumerate(vectors, 1):
+                fresh.upsert(image_id, vector)
+                if progress is not None and count % 10_000 == 0:
+                    progress(count)
+            with self._lock:
+                for image_id in self._store.changed_since(self.name, started_at):
+                    current = self._store.vector(self.name, image_id)
+                    if current is None:
+                        fresh.remove(image_id)
+                    else:
+                        fresh.upsert(image_id, current)
+                self._index = fresh
+                self._checkpointed_seq = -1  # the next checkpoint writes the new structure
+        finally:
+            self._rebuild_from = None
+        log.info("index.rebuilt", index=self.name, images=len(fresh))
+        return len(fresh)
 
     def code_of(self, image_id: str) -> bytes | None:
         with self._lock:

@@ -96,6 +96,10 @@ class HammingIndex:
         (directory / "ids.json").write_text(json.dumps({"code_bytes": self.code_bytes, "ids": ids}))
 
     @classmethod
+    def empty_like(cls, other: HammingIndex) -> HammingIndex:
+        return cls(other.code_bytes)
+
+    @classmethod
     def load(cls, directory: Path) -> HammingIndex:
         doc = json.loads((directory / "ids.json").read_text())
         codes = np.load(directory / "codes.npy")

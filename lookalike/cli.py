@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="re-emit every object, indexed or not")
     p.set_defaults(func=cmd_backfill)
 
+    p = sub.add_parser("rebuild", help="rebuild an index from the store, swapping it in live")
+    p.add_argument("feature", help="phash, colour or clip")
+    p.add_argument("--source", choices=["store", "topic"], default="store")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("reextract", help="re-run extraction for every image (bucket scan)")
+    p.set_defaults(func=lambda s, a: cmd_backfill(s, argparse.Namespace(all=True)))
+
     p = sub.add_parser("upload", help="put image files into the bucket")
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--prefix", default="", help="key prefix, e.g. 'uploads/'")
@@ -159,6 +168,25 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.search_client import SearchClient
+    from schemas.control import RebuildCommand, RebuildSource
+
+    command = RebuildCommand(feature=args.feature, source=RebuildSource(args.source))
+
+    async def run() -> bool:
+        async with SearchClient(settings) as client:
+            print(f"rebuilding {args.feature} from the {args.source} (progress in indexer logs)")
+            reports = await client.rebuild(command, timeout=args.timeout)
+        for r in reports:
+            where = ",".join(map(str, r.partitions)) or "-"
+            status = f"{r.images} images in {r.seconds:.2f}s" if r.ok else f"failed: {r.error}"
+            print(f"  partitions {where}: {status}")
+        return bool(reports) and all(r.ok for r in reports)
+
+    return 0 if asyncio.run(run()) else 1
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:

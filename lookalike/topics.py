@@ -22,6 +22,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.search_replies_topic: (p, {}),
         settings.similarity_results_topic: (p, {}),
         settings.dead_letter_topic: (1, {}),
+        settings.control_topic: (1, {}),
     }
     for name in KNOWN:
         plan[settings.features_topic(name)] = (p, compact)

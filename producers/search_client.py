@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from schemas.control import RebuildCommand, RebuildReport
 from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
 from schemas.settings import Settings
 
@@ -39,7 +41,7 @@ class SearchClient:
             enable_auto_commit=False,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
-        self._pending: dict[str, asyncio.Queue[SearchReply]] = {}
+        self._pending: dict[str, asyncio.Queue[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -84,7 +86,7 @@ class SearchClient:
         only if no shard answered at all.
         """
         wait = timeout if timeout is not None else self._settings.search_deadline_s
-        replies = await self._gather(request.to_bytes(), wait)
+        replies = await self._gather(self._requests, request.to_bytes(), wait, SearchReply)
         owner = next((r for r in replies if r.ok and r.query_vector), None)
         others_lack_it = any(r.error_code is SearchErrorCode.NOT_FOUND for r in replies)
         if request.image_id is not None and owner is not None and others_lack_it:
@@ -96,27 +98,38 @@ class SearchClient:
                     "exclude": [*request.exclude, request.image_id],
                 }
             )
-            replies = await self._gather(by_vector.to_bytes(), wait)
+            replies = await self._gather(self._requests, by_vector.to_bytes(), wait, SearchReply)
         return merge_replies(replies, request.k)
 
     async def send_raw(self, value: bytes, timeout: float | None = None) -> SearchReply:
         """Send any bytes as a request (tests use this for malformed requests)."""
         wait = timeout if timeout is not None else self._settings.search_deadline_s
-        return merge_replies(await self._gather(value, wait), k=0)
+        return merge_replies(await self._gather(self._requests, value, wait, SearchReply), k=0)
 
-    async def _gather(self, value: bytes, wait: float) -> list[SearchReply]:
+    async def rebuild(self, command: RebuildCommand, timeout: float) -> list[RebuildReport]:
+        """Ask every indexer to rebuild; the reports of those that answered in time."""
+        topic = self._settings.control_topic
+        return await self._gather(topic, command.to_bytes(), timeout, RebuildReport)
+
+    @property
+    def _requests(self) -> str:
+        return self._settings.search_requests_topic
+
+    async def _gather(
+        self, topic: str, value: bytes, wait: float, answer: type[AnswerT]
+    ) -> list[AnswerT]:
+        """Send one request to every indexer; collect answers until they cover every
+        partition or `wait` runs out."""
         correlation_id = uuid.uuid4().hex
-        inbox: asyncio.Queue[SearchReply] = asyncio.Queue()
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._pending[correlation_id] = inbox
         headers = [
             ("correlation_id", correlation_id.encode()),
             ("reply_to", self._reply_topic.encode()),
         ]
-        replies: list[SearchReply] = []
+        replies: list[AnswerT] = []
         try:
-            await self._producer.send_and_wait(
-                self._settings.search_requests_topic, value, headers=headers
-            )
+            await self._producer.send_and_wait(topic, value, headers=headers)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
             while not _covers_all(replies):
@@ -124,9 +137,13 @@ class SearchClient:
                 if left <= 0:
                     break
                 try:
-                    replies.append(await asyncio.wait_for(inbox.get(), left))
+                    raw = await asyncio.wait_for(inbox.get(), left)
                 except TimeoutError:
                     break
+                try:
+                    replies.append(answer.from_bytes(raw))
+                except ValueError:
+                    log.warning("search.bad_reply", expected=answer.__name__)
         finally:
             self._pending.pop(correlation_id, None)
         if not replies:
@@ -142,13 +159,20 @@ class SearchClient:
                     inbox = self._pending.get(headers.get("correlation_id", b"").decode())
                     if inbox is None:
                         continue
-                    try:
-                        inbox.put_nowait(SearchReply.from_bytes(record.value))
-                    except ValueError:
-                        log.warning("search.bad_reply", topic=record.topic, offset=record.offset)
+                    inbox.put_nowait(record.value or b"")
 
 
-def _covers_all(replies: list[SearchReply]) -> bool:
+class _Answer(Protocol):
+    @property
+    def partitions(self) -> list[int]: ...
+    @property
+    def partition_count(self) -> int: ...
+
+
+AnswerT = TypeVar("AnswerT", SearchReply, RebuildReport)
+
+
+def _covers_all(replies: Sequence[_Answer]) -> bool:
     if not replies:
         return False
     count = max(r.partition_count for r in replies)

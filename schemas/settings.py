@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     search_replies_topic: str = "lookalike.search.replies"
     similarity_results_topic: str = "lookalike.similarity-results"
     dead_letter_topic: str = "lookalike.dead-letter"
+    control_topic: str = "lookalike.control"
     extractor_group: str = "lookalike-extractor"
 
     # --- Object store (S3 / MinIO) ------------------------------------------------------

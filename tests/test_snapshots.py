@@ -3,6 +3,7 @@ a crash in the middle of writing a snapshot leaves the previous one in use."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -83,4 +84,20 @@ def test_without_snapshot_the_whole_store_is_loaded(tmp_path: Path) -> None:
     )
     again = FeatureIndex(store, "h", HammingIndex(8), snapshot_dir=tmp_path / "none")
     assert again.load() == 7
+    store.close()
+
+
+def test_rebuild_keeps_changes_applied_while_it_ran(tmp_path: Path) -> None:
+    store, index = open_index(tmp_path)
+    index.apply([upsert(f"i{n}", c) for n, c in enumerate(codes(30, 1))], {"t/0": 30})
+
+    def vectors_then_a_concurrent_batch() -> Iterator[tuple[str, bytes]]:
+        yield from store.vectors("h")
+        # A batch lands while the fresh structure is being built.
+        index.apply([Delete("i0"), upsert("late", codes(1, 5)[0])], {"t/0": 32})
+
+    expected_ids = {f"i{n}" for n in range(1, 30)} | {"late"}
+    assert index.rebuild(vectors_then_a_concurrent_batch()) == len(expected_ids)
+    found = {n.image_id for n in index.search(codes(1, 6), 100)}
+    assert found == expected_ids
     store.close()

@@ -11,11 +11,12 @@ either way (black corners, as a rotated copy usually has). A query still compute
 its hash and its mirror's. Distance = the minimum Hamming distance over all (query hash,
 indexed hash) pairs.
 
-The price: 9 hashes stored and compared per image instead of 1, and unrelated pictures come
-closer (a minimum over more pairs), so a match threshold must be re-tuned. The windows and
-angles cover crops keeping ~70-90 % of each side within a few % of the centre and rotations
-of ~3-11 degrees (the ranges of bench/copy_detection.py, which they were chosen against);
-copies outside those ranges get no help.
+The price: 9 hashes stored and compared per image instead of 1 (x2 for an image with
+borders, see border_trim.framings), and unrelated pictures come closer (a minimum over more
+pairs), so a match threshold must be re-tuned. The windows and angles were chosen against the
+ranges of bench/copy_detection.py (crops keeping 70-80 % of each side within 3 % of the
+centre, rotations of 5-10 degrees); its "outside the set's ranges" table shows where the help
+stops (rotations past ~11 degrees, crops keeping 60 % or less, crops 5 % or more off centre).
 """
 
 from __future__ import annotations

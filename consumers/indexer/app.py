@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from consumers.features.contract import FeatureSpec
+from consumers.indexer.control import Rebuilder
 from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.search_service import build_search_broker
@@ -40,8 +41,14 @@ async def run_indexer(
         settings, features, indexes, store.offsets(), partitions=settings.shard_partition_list
     )
     engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
-    request_partitions = await partitions_of(settings, settings.search_requests_topic)
-    broker = build_search_broker(settings, engine, request_partitions)
+    rebuilder = Rebuilder(store, indexes)
+    broker = build_search_broker(
+        settings,
+        engine,
+        await partitions_of(settings, settings.search_requests_topic),
+        rebuilder,
+        await partitions_of(settings, settings.control_topic),
+    )
     await checkpoint_all(indexes)  # a restart after this needs no full reload
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
     checkpoints = asyncio.create_task(
@@ -54,8 +61,8 @@ async def run_indexer(
         )
         if ingest_task.done():
             ingest_task.result()  # raise why it stopped
-        engine.partitions = ingest.served_partitions
-        engine.partition_count = ingest.partition_count
+        engine.partitions = rebuilder.partitions = ingest.served_partitions
+        engine.partition_count = rebuilder.partition_count = ingest.partition_count
         await broker.start()
         log.info("indexer.serving", images={n: len(i) for n, i in indexes.items()})
         await ingest_task

@@ -16,7 +16,9 @@ from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 
+from consumers.indexer.control import Rebuilder
 from consumers.indexer.query import QueryEngine, error_reply
+from schemas.control import RebuildCommand
 from schemas.dead_letter import DeadLetter
 from schemas.message import MessageError
 from schemas.search import SearchErrorCode, SearchRequest
@@ -40,7 +42,11 @@ class RequestLogMiddleware(BaseMiddleware):
 
 
 def build_search_broker(
-    settings: Settings, engine: QueryEngine, request_partitions: list[int]
+    settings: Settings,
+    engine: QueryEngine,
+    request_partitions: list[int],
+    rebuilder: Rebuilder,
+    control_partitions: list[int],
 ) -> KafkaBroker:
     broker = KafkaBroker(
         settings.kafka_bootstrap,
@@ -81,5 +87,18 @@ def build_search_broker(
             return error_reply("unknown", SearchErrorCode.BAD_REQUEST, str(exc)).to_bytes()
         reply = await asyncio.to_thread(engine.answer, request)
         return reply.to_bytes()
+
+    @broker.subscriber(
+        partitions=[TopicPartition(settings.control_topic, p) for p in control_partitions],
+        fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100),
+        auto_offset_reset="latest",
+    )
+    async def control(message: KafkaMessage) -> bytes | None:
+        try:
+            command = RebuildCommand.from_bytes(message.body)
+        except MessageError as exc:
+            log.warning("control.bad_command", reason=str(exc))
+            return None
+        return (await rebuilder.run(command)).to_bytes()
 
     return broker
