@@ -50,7 +50,6 @@ class Settings(BaseSettings):
         90, description="Hamming distance (of 576 bits) under which two images are near-dupes."
     )
     near_duplicate_k: int = 5
-    search_timeout_s: float = 10.0
 
     # --- Extraction -------------------------------------------------------------------------
     features: str = Field(
