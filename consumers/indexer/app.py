@@ -73,8 +73,9 @@ async def run_indexer(
             await ingest_task
         checkpoints.cancel()
         await checkpoint_all(indexes)  # clean shutdown: the next start replays nothing
+        offsets = store.offsets()
         store.close()
-        log.info("indexer.stopped", records_read=ingest.records_read)
+        log.info("indexer.stopped", records_read=ingest.records_read, offsets=offsets)
 
 
 async def checkpoint_all(indexes: Mapping[str, FeatureIndex]) -> None:

@@ -91,18 +91,17 @@ class IngestService:
             self.partition_count = len(known)
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
+        resume: dict[str, int] = {}
         for tp in tps:
             stored = self._stored_offsets.get(offset_name(tp))
-            if stored is None:
-                consumer.seek(tp, 0)
-            elif stored > ends[tp]:
+            if stored is not None and stored > ends[tp]:
                 log.warning(
                     "ingest.offsets_lost", partition=offset_name(tp), stored=stored, end=ends[tp]
                 )
-                consumer.seek(tp, 0)
-            else:
-                consumer.seek(tp, stored)
-        log.info("ingest.assigned", partitions=[offset_name(tp) for tp in tps])
+                stored = None
+            resume[offset_name(tp)] = stored or 0
+            consumer.seek(tp, stored or 0)
+        log.info("ingest.assigned", resume_from=resume)
 
     async def _apply(
         self,
