@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ async def test_two_extractors_split_the_work_and_index_each_image_once(
     async with SearchClient(settings) as search:
         for image_id in ids:
             await eventually(
-                lambda i=image_id: search.search(SearchRequest(image_id=i, k=1)),
+                partial(search.search, SearchRequest(image_id=image_id, k=1)),
                 lambda r: r.ok,
                 timeout=60,
             )

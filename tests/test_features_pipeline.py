@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import uuid
+from functools import partial
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from minio import Minio
 from PIL import Image
 
@@ -22,6 +24,10 @@ from tests.kafka_helpers import eventually, find_on_topic
 pytestmark = pytest.mark.integration
 
 
+def has_key(key: bytes, record: ConsumerRecord[bytes, bytes]) -> bool:
+    return bool(record.key == key)
+
+
 async def by_id(search: SearchClient, feature: str, image_id: str) -> SearchReply:
     return await search.search(SearchRequest(feature=feature, image_id=image_id, k=5))
 
@@ -33,7 +39,7 @@ async def test_upload_is_indexed_by_every_feature(
     upload_bytes(s3, settings.bucket, key, jpeg(photo("coffee")))
     image_id = f"{settings.bucket}/{key}"
     for feature in ("phash", "colour", "clip"):
-        reply = await eventually(lambda f=feature: by_id(search, f, image_id), lambda r: r.ok)
+        reply = await eventually(partial(by_id, search, feature, image_id), lambda r: r.ok)
         assert reply.feature == feature and reply.indexed >= 1
     by_colour = await search.search(
         SearchRequest(feature="colour", image=jpeg(photo("coffee").resize((300, 200))), k=1)
@@ -89,12 +95,12 @@ async def test_hostile_images_are_indexed_or_dead_lettered(
         key = f"{prefix}/{name}"
         if expected == "indexed":
             image_id = f"{settings.bucket}/{key}"
-            await eventually(lambda i=image_id: by_id(search, "phash", i), lambda r: r.ok)
+            await eventually(partial(by_id, search, "phash", image_id), lambda r: r.ok)
         else:
             letter = await find_on_topic(
                 settings,
                 settings.dead_letter_topic,
-                lambda r, k=key: r.key == notification_key(settings.bucket, k),
+                partial(has_key, notification_key(settings.bucket, key)),
             )
             assert expected in DeadLetter.from_bytes(letter.value).reason
     # And the extractor is still working afterwards.

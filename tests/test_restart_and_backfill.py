@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ async def test_indexer_restart_keeps_results(
     for name in ("astronaut", "coffee", "chelsea"):  # in every index, before the restart
         image_id = f"{settings.bucket}/{prefix}/{name}.jpg"
         for feature in ("phash", "colour", "clip"):
-            await eventually(lambda i=image_id, f=feature: by_id(search, i, f), found)
+            await eventually(partial(by_id, search, image_id, feature), found)
     before = await by_id(search, probe)
     assert before is not None
 
