@@ -58,10 +58,10 @@ class SearchStructure(Protocol):
     def empty_like(cls, other: Self) -> Self: ...
 
 
-def make_structure(metric: Metric, dim: int) -> SearchStructure:
-    """dim: bits for Hamming, floats otherwise."""
+def make_structure(metric: Metric, dim: int, codes_per_item: int = 1) -> SearchStructure:
+    """dim: bits for Hamming (all codes of an item), floats otherwise."""
     if metric is Metric.HAMMING:
-        return HammingIndex(dim // 8)
+        return HammingIndex(dim // 8 // codes_per_item, codes_per_item=codes_per_item)
     return ExactVectorIndex(dim, metric)
 
 

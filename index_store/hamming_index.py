@@ -3,6 +3,9 @@
 Slots of deleted images are reused by the next insert, so churn does not grow memory.
 A search compares the query with every live code (XOR + popcount over 64-bit words):
 simple, exact, and fast enough for a few million codes per shard.
+
+An item may hold several codes (`codes_per_item`, e.g. hashes of crops and turns of one
+image): its distance to a query is the smallest over all (query code, item code) pairs.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ _FAR = np.iinfo(np.int32).max
 
 
 class HammingIndex:
-    def __init__(self, code_bytes: int, capacity: int = 1024) -> None:
+    def __init__(self, code_bytes: int, capacity: int = 1024, codes_per_item: int = 1) -> None:
         if code_bytes % 8:
             raise ValueError("code length must be a multiple of 64 bits")
         self.code_bytes = code_bytes
+        self.codes_per_item = codes_per_item
+        self.item_bytes = code_bytes * codes_per_item
         self._words = code_bytes // 8
-        self._codes = np.zeros((capacity, self._words), dtype=np.uint64)
+        self._codes = np.zeros((capacity, self._words * codes_per_item), dtype=np.uint64)
         self._live = np.zeros(capacity, dtype=bool)
         self._ids: list[str | None] = [None] * capacity
         self._slot_of: dict[str, int] = {}
@@ -37,8 +42,8 @@ class HammingIndex:
         return image_id in self._slot_of
 
     def upsert(self, image_id: str, vector: bytes) -> None:
-        if len(vector) != self.code_bytes:
-            raise ValueError(f"code has {len(vector)} bytes, index holds {self.code_bytes}")
+        if len(vector) != self.item_bytes:
+            raise ValueError(f"item has {len(vector)} bytes, index holds {self.item_bytes}")
         slot = self._slot_of.get(image_id)
         if slot is None:
             slot = self._take_slot()
@@ -69,10 +74,13 @@ class HammingIndex:
     ) -> list[tuple[str, float]]:
         """Top-k (id, distance) by the smallest distance to any of `queries`."""
         n = self._used
-        if n == 0 or not queries:
+        codes = [
+            q[i : i + self.code_bytes] for q in queries for i in range(0, len(q), self.code_bytes)
+        ]
+        if n == 0 or not codes:
             return []
-        dist = self._distances(queries[0], n)
-        for q in queries[1:]:
+        dist = self._distances(codes[0], n)
+        for q in codes[1:]:
             np.minimum(dist, self._distances(q, n), out=dist)
         dist[~self._live[:n]] = _FAR
         for image_id in exclude:
@@ -93,17 +101,22 @@ class HammingIndex:
         """Live codes and their ids (slots are compacted: free slots are not saved)."""
         ids = [i for i in self._ids[: self._used] if i is not None]
         np.save(directory / "codes.npy", self._codes[: self._used][self._live[: self._used]])
-        (directory / "ids.json").write_text(json.dumps({"code_bytes": self.code_bytes, "ids": ids}))
+        doc = {"code_bytes": self.code_bytes, "codes_per_item": self.codes_per_item, "ids": ids}
+        (directory / "ids.json").write_text(json.dumps(doc))
 
     @classmethod
     def empty_like(cls, other: HammingIndex) -> HammingIndex:
-        return cls(other.code_bytes)
+        return cls(other.code_bytes, codes_per_item=other.codes_per_item)
 
     @classmethod
     def load(cls, directory: Path) -> HammingIndex:
         doc = json.loads((directory / "ids.json").read_text())
         codes = np.load(directory / "codes.npy")
-        index = cls(int(doc["code_bytes"]), capacity=max(1024, len(doc["ids"])))
+        index = cls(
+            int(doc["code_bytes"]),
+            capacity=max(1024, len(doc["ids"])),
+            codes_per_item=int(doc.get("codes_per_item", 1)),
+        )
         n = len(doc["ids"])
         index._codes[:n] = codes
         index._live[:n] = True
@@ -114,10 +127,15 @@ class HammingIndex:
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
         q = np.frombuffer(query, dtype=np.uint64)
-        counts: NDArray[np.int32] = np.bitwise_count(self._codes[:n] ^ q).sum(
-            axis=1, dtype=np.int32
-        )
-        return counts
+        if self.codes_per_item == 1:
+            counts: NDArray[np.int32] = np.bitwise_count(self._codes[:n] ^ q).sum(
+                axis=1, dtype=np.int32
+            )
+            return counts
+        items = self._codes[:n].reshape(n, self.codes_per_item, self._words)
+        per_code = np.bitwise_count(items ^ q).sum(axis=2, dtype=np.int32)
+        best: NDArray[np.int32] = per_code.min(axis=1)
+        return best
 
     def _take_slot(self) -> int:
         if self._free:
@@ -130,7 +148,7 @@ class HammingIndex:
 
     def _grow(self) -> None:
         cap = len(self._ids) * 2
-        codes = np.zeros((cap, self._words), dtype=np.uint64)
+        codes = np.zeros((cap, self._words * self.codes_per_item), dtype=np.uint64)
         codes[: self._used] = self._codes[: self._used]
         live = np.zeros(cap, dtype=bool)
         live[: self._used] = self._live[: self._used]

@@ -19,7 +19,7 @@ async def find_on_topic(
     settings: Settings,
     topic: str,
     match: Callable[[ConsumerRecord[bytes, bytes]], bool],
-    timeout: float = 20.0,
+    timeout: float = 60.0,
 ) -> ConsumerRecord[bytes, bytes]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=5
@@ -44,7 +44,7 @@ async def find_on_topic(
 async def eventually(
     probe: Callable[[], Awaitable[T]],
     done: Callable[[T], bool],
-    timeout: float = 20.0,
+    timeout: float = 60.0,
     interval: float = 0.1,
 ) -> T:
     """Poll `probe` until `done(result)`; fail with the last result after `timeout`."""

@@ -38,13 +38,27 @@ async def test_upload_is_indexed_by_every_feature(
     key = f"feat-{uuid.uuid4().hex[:6]}/coffee.jpg"
     upload_bytes(s3, settings.bucket, key, jpeg(photo("coffee")))
     image_id = f"{settings.bucket}/{key}"
-    for feature in ("phash", "colour", "clip"):
+    for feature in ("phash", "colour", "copy", "clip"):
         reply = await eventually(partial(by_id, search, feature, image_id), lambda r: r.ok)
         assert reply.feature == feature and reply.indexed >= 1
     by_colour = await search.search(
         SearchRequest(feature="colour", image=jpeg(photo("coffee").resize((300, 200))), k=1)
     )
     assert [h.image_id for h in by_colour.hits] == [image_id]
+
+
+async def test_cropped_copy_is_found_by_the_copy_feature(
+    s3: Minio, search: SearchClient, settings: Settings
+) -> None:
+    key = f"copy-{uuid.uuid4().hex[:6]}/stereo.jpg"
+    original = photo("stereo_motorcycle")
+    upload_bytes(s3, settings.bucket, key, jpeg(original))
+    image_id = f"{settings.bucket}/{key}"
+    await eventually(partial(by_id, search, "copy", image_id), lambda r: r.ok)
+    w, h = original.size
+    crop = jpeg(original.crop((w // 8, h // 8, w - w // 8, h - h // 8)))
+    reply = await search.search(SearchRequest(feature="copy", image=crop, k=1))
+    assert [hit.image_id for hit in reply.hits] == [image_id]
 
 
 async def test_text_query_is_answered_from_the_clip_index(

@@ -54,7 +54,7 @@ async def test_indexer_restart_keeps_results(
     await eventually(lambda: by_id(search, f"{settings.bucket}/{prefix}/coffee.jpg"), found)
     for name in ("astronaut", "coffee", "chelsea"):  # in every index, before the restart
         image_id = f"{settings.bucket}/{prefix}/{name}.jpg"
-        for feature in ("phash", "colour", "clip"):
+        for feature in ("phash", "colour", "copy", "clip"):
             await eventually(partial(by_id, search, image_id, feature), found)
     before = await by_id(search, probe)
     assert before is not None
@@ -76,14 +76,14 @@ async def test_indexer_restart_keeps_results(
     events = log_events(stack.indexer.log_path)
     resumed = [e["resume_from"] for e in events if e["event"] == "ingest.assigned"][-1]
     loaded = [e for e in events if e["event"] == "index.loaded"]
-    assert all(str(e["source"]).startswith("snapshot") for e in loaded[-3:])
+    assert all(str(e["source"]).startswith("snapshot") for e in loaded[-4:])
     assert isinstance(resumed, dict)
     if how == "stop":  # exactly the offsets it had when it stopped
         stopped = [e["offsets"] for e in events if e["event"] == "indexer.stopped"][-1]
         assert isinstance(stopped, dict)
         assert resumed == {name: stopped.get(name, 0) for name in resumed}
     # Every partition that holds this test's images resumes past them, not from 0.
-    assert sum(resumed.values()) >= 3 * 3
+    assert sum(resumed.values()) >= 3 * 4
 
 
 def log_events(path: Path) -> list[dict[str, object]]:

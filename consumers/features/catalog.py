@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consumers.features import colour_histogram, phash
+from consumers.features import colour_histogram, copy_signature, phash
 from consumers.features.contract import FeatureSpec
 from index_store.metric import Metric
 from schemas.features import VectorKind
@@ -30,7 +30,18 @@ COLOUR = FeatureSpec(
     describe_batch=lambda images: [colour_histogram.describe(img) for img in images],
 )
 
-KNOWN = ("phash", "colour", "clip")
+COPY = FeatureSpec(
+    name=copy_signature.NAME,
+    version=copy_signature.VERSION,
+    vector_kind=VectorKind.BITS,
+    dim=copy_signature.CODES * copy_signature.CODE_BITS,
+    metric=Metric.HAMMING,
+    describe_batch=lambda images: [copy_signature.describe(img) for img in images],
+    describe_query=copy_signature.query_codes,
+    codes_per_item=copy_signature.CODES,
+)
+
+KNOWN = ("phash", "colour", "copy", "clip")
 
 
 def clip_feature(settings: Settings) -> FeatureSpec:
@@ -60,6 +71,8 @@ def build_features(settings: Settings, names: Sequence[str] | None = None) -> li
             specs.append(PHASH)
         elif name == "colour":
             specs.append(COLOUR)
+        elif name == "copy":
+            specs.append(COPY)
         else:
             specs.append(clip_feature(settings))
     return specs

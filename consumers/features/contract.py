@@ -27,6 +27,7 @@ class FeatureSpec:
     describe_batch: Callable[[Sequence[Image.Image]], list[bytes]]
     describe_query: Callable[[Image.Image], list[bytes]] | None = None
     describe_text: Callable[[str], bytes] | None = None
+    codes_per_item: int = 1  # BITS features: several codes per image, matched by the closest
 
     @property
     def vector_bytes(self) -> int:

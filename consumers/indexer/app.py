@@ -30,7 +30,7 @@ async def run_indexer(
         spec.name: FeatureIndex(
             store,
             spec.index_name,
-            make_structure(spec.metric, spec.dim),
+            make_structure(spec.metric, spec.dim, spec.codes_per_item),
             snapshot_dir=snapshots / spec.index_name,
         )
         for spec in features

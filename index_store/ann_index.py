@@ -1,0 +1,794 @@
+"""Approximate nearest-neighbour indexes for float vectors (unit-normalised, cosine distance).
+
+Both engines implement `SearchStructure` (see `feature_index.py`) next to the exact indexes:
+vectors travel as raw float32 bytes, distances are cosine distances (1 - dot), smallest first.
+
+* `HnswIndex` ("hnsw"): hnswlib graph over float32 vectors. True in-place updates: a replaced
+  image keeps its slot (hnswlib repairs the graph around the new vector); a removed image's slot
+  is marked deleted (never returned by a search) and handed to the next new image. Memory stays
+  at the peak number of live images. ~2.2 KB per 512-d vector: float32 plus the graph.
+* `FaissHnswIndex` ("faiss-hnsw-sq8", "faiss-hnsw"): faiss `IndexHNSWSQ` (8-bit scalar quantised
+  codes, a quarter of float32) or `IndexHNSWFlat`. faiss HNSW cannot remove or overwrite a vector,
+  so a remove or replace leaves a tombstone; searches filter tombstones with a live-bitmap
+  `IDSelector` inside the graph search (removed ids are never returned), and once tombstones
+  exceed `compact_fraction` of the live count the graph is rebuilt from the live vectors
+  (amortised: a rebuild of L vectors happens at most once per `compact_fraction * L` deletes).
+  With `fetch_exact` (e.g. ``lambda i: store.vector(index, i)``, the LMDB store of record) the
+  top `rerank * k` candidates are re-ranked with their exact float32 vectors, so the quantised
+  graph keeps the recall of a float32 one and returns exact distances. The 8-bit quantiser is
+  trained on the first `train_size` vectors; below that the index is a small exact one.
+
+Checkpoints (`save` / `load_ann_index`): a small JSON manifest names the generation's data files
+(the graph as the library writes it, the id of every internal label, tombstones as nulls). Data
+files get fresh names, the manifest is written to a temporary file, fsynced and `os.replace`d,
+and only then are the previous generation's files deleted: a crash at any point leaves either
+the old or the new checkpoint complete. Leftover temporary files are ignored by `load` and
+cleaned up by the next `save`. One writer per checkpoint path (the caller's lock).
+
+Thread safety is the caller's (`FeatureIndex` holds one lock around every call).
+
+Why the default (`DEFAULT_KIND`): measured with `bench/index_scale.py` (numbers in
+BENCHMARKS.md): at 1M x 512-d the float32 hnswlib graph alone needs more resident memory than
+the 1.5 GB budget, while the SQ8 graph with exact re-ranking stays well inside it at recall@10
+>= 0.95.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import hnswlib
+import numpy as np
+from numpy.typing import NDArray
+
+from index_store.exact_vector_index import ExactVectorIndex
+from index_store.metric import Metric
+
+FetchExact = Callable[[str], bytes | None]
+Storage = Literal["sq8", "flat"]
+Candidates = tuple[NDArray[np.int64], NDArray[np.float32]]
+
+ANN_KINDS = ("exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8")
+DEFAULT_KIND = "faiss-hnsw-sq8"
+CHECKPOINT_FORMAT = "lookalike-ann-checkpoint/1"
+
+# Search-time beam widths reaching recall@10 >= 0.95 on 1M synthetic 512-d vectors
+# (bench/index_scale.py; re-tune on real vectors with the same script).
+DEFAULT_EF_HNSW = 160
+DEFAULT_EF_FAISS = 128
+
+
+def _require_cosine(metric: Metric) -> None:
+    if metric is not Metric.COSINE:
+        raise ValueError(f"approximate indexes support cosine only, not {metric}")
+
+
+class _GraphIndex:
+    """What both graph engines share: id <-> label maps, query merging, checkpoints."""
+
+    def __init__(self, dim: int, kind: str) -> None:
+        self.dim = dim
+        self.kind = kind
+        self._label_of: dict[str, int] = {}
+        self._id_of: list[str | None] = []  # by label; None: free slot or tombstone
+
+    def __len__(self) -> int:
+        return len(self._label_of)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._label_of
+
+    # -- vectors in --
+
+    def _as_vector(self, vector: bytes) -> NDArray[np.float32]:
+        values = np.frombuffer(vector, dtype=np.float32)
+        if values.shape != (self.dim,):
+            raise ValueError(f"vector has {values.size} floats, index holds {self.dim}")
+        return values
+
+    def _as_matrix(self, vectors: Sequence[bytes]) -> NDArray[np.float32]:
+        return np.stack([self._as_vector(v) for v in vectors])
+
+    @staticmethod
+    def _last_per_id(
+        image_ids: Sequence[str], vectors: NDArray[np.float32]
+    ) -> tuple[list[str], NDArray[np.float32]]:
+        """Within one batch the last vector of an id wins."""
+        row_of = {image_id: row for row, image_id in enumerate(image_ids)}
+        if len(row_of) == len(image_ids):
+            return list(image_ids), vectors
+        rows = sorted(row_of.values())
+        return [image_ids[r] for r in rows], vectors[rows]
+
+    def _check_batch(self, image_ids: Sequence[str], vectors: NDArray[np.float32]) -> None:
+        if vectors.shape != (len(image_ids), self.dim):
+            raise ValueError(f"expected {len(image_ids)} x {self.dim} vectors, got {vectors.shape}")
+
+    # -- search --
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[tuple[str, float]]:
+        """Top-k (id, distance) by the smallest distance to any of `queries`."""
+        if k <= 0 or not queries or not self._label_of:
+            return []
+        excluded = {i for i in exclude if i in self._label_of}
+        want = min(k + len(excluded), len(self._label_of))
+        if want <= len(excluded):
+            return []
+        labels, dists = self._candidates(self._as_matrix(queries), want)
+        best: dict[str, float] = {}
+        for label, dist in zip(labels.tolist(), dists.tolist(), strict=True):
+            if label < 0:
+                continue
+            image_id = self._id_of[label]
+            if image_id is None or image_id in excluded:
+                continue
+            if dist < best.get(image_id, np.inf):
+                best[image_id] = dist
+        limit = np.inf if max_distance is None else max_distance
+        ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+        return [(i, float(d)) for i, d in ranked[:k] if d <= limit]
+
+    def _candidates(self, queries: NDArray[np.float32], want: int) -> Candidates:
+        """(labels, distances) of candidates for any query, duplicates allowed, -1 = none."""
+        raise NotImplementedError
+
+    # -- checkpoints --
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint at `path` (a manifest) and its data files beside it, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generation = f"{time.time_ns():x}-{os.getpid()}"
+        files: dict[str, str] = {}
+
+        def data_file(role: str) -> Path:
+            name = f"{path.name}.{generation}.{role}"
+            files[role] = name
+            return path.parent / name
+
+        ids_file = data_file("ids.json")
+        ids_file.write_text(json.dumps(self._id_of), encoding="utf-8")
+        manifest: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "generation": generation,
+            "params": self._params(),
+            **self._write_data(data_file),
+        }
+        manifest["files"] = files
+        for name in files.values():
+            _fsync_file(path.parent / name)
+        tmp = path.parent / f"{path.name}.tmp-{generation}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        keep = set(files.values())
+        for stale in path.parent.glob(f"{path.name}.*"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+
+    def _params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _write_data(self, data_file: Callable[[str], Path]) -> dict[str, Any]:
+        """Write the engine's data files (named by `data_file(role)`); extra manifest fields."""
+        raise NotImplementedError
+
+    def _restore_ids(self, ids: list[str | None]) -> None:
+        self._id_of = ids
+        self._label_of = {i: label for label, i in enumerate(ids) if i is not None}
+
+
+# ------------------------------------------------------------------------------------------------
+# hnswlib, float32, in-place updates and slot reuse
+# ------------------------------------------------------------------------------------------------
+
+
+class HnswIndex(_GraphIndex):
+    def __init__(
+        self,
+        dim: int,
+        metric: Metric = Metric.COSINE,
+        *,
+        m: int = 16,
+        ef_construction: int = 100,
+        ef_search: int = DEFAULT_EF_HNSW,
+        capacity: int = 1024,
+        add_threads: int = 2,
+        seed: int = 100,
+    ) -> None:
+        _require_cosine(metric)
+        super().__init__(dim, "hnsw")
+        self.m = m
+        self.ef_construction = ef_construction
+        self.add_threads = add_threads
+        self._seed = seed
+        self._free: list[int] = []  # labels of removed images: marked deleted in the graph
+        self._graph = hnswlib.Index(space="ip", dim=dim)  # 1 - dot: cosine on unit vectors
+        self._graph.init_index(
+            max_elements=max(capacity, 1), ef_construction=ef_construction, M=m, random_seed=seed
+        )
+        self.ef_search = ef_search
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef
+
+    @ef_search.setter
+    def ef_search(self, ef: int) -> None:
+        self._ef = ef
+        self._graph.set_ef(ef)
+
+    @property
+    def slots(self) -> int:
+        """Graph nodes, live or reusable: stays at the peak live count under churn."""
+        return len(self._id_of)
+
+    @property
+    def capacity(self) -> int:
+        return int(self._graph.get_max_elements())
+
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        values = self._as_vector(vector)
+        label = self._label_of.get(image_id)
+        if label is None:
+            label = self._take_label()
+            self._label_of[image_id] = label
+            self._id_of[label] = image_id
+        # A live label is updated in place; a reused (deleted) one is unmarked and updated.
+        self._graph.add_items(values[None, :], np.array([label]), num_threads=1)
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: NDArray[np.float32]) -> None:
+        """Bulk upsert (initial load, replays): graph insertion runs on `add_threads`."""
+        self._check_batch(image_ids, vectors)
+        ids, vectors = self._last_per_id(image_ids, vectors)
+        labels = np.empty(len(ids), dtype=np.int64)
+        for row, image_id in enumerate(ids):
+            label = self._label_of.get(image_id)
+            if label is None:
+                label = self._take_label()
+                self._label_of[image_id] = label
+                self._id_of[label] = image_id
+            labels[row] = label
+        if len(ids):
+            data = np.ascontiguousarray(vectors, dtype=np.float32)
+            self._graph.add_items(data, labels, num_threads=self.add_threads)
+
+    def remove(self, image_id: str) -> bool:
+        label = self._label_of.pop(image_id, None)
+        if label is None:
+            return False
+        self._graph.mark_deleted(label)
+        self._id_of[label] = None
+        self._free.append(label)
+        return True
+
+    def code_of(self, image_id: str) -> bytes | None:
+        label = self._label_of.get(image_id)
+        if label is None:
+            return None
+        values: NDArray[np.float32] = self._graph.get_items([label], return_type="numpy")[0]
+        return values.astype(np.float32).tobytes()
+
+    def _take_label(self) -> int:
+        if self._free:
+            return self._free.pop()
+        label = len(self._id_of)
+        if label >= self.capacity:
+            self._graph.resize_index(max(2 * self.capacity, 1024))
+        self._id_of.append(None)
+        return label
+
+    def _candidates(self, queries: NDArray[np.float32], want: int) -> Candidates:
+        # hnswlib refuses to return fewer than k rows; that can happen when many nodes near the
+        # query are deleted: widen the beam, then ask for fewer.
+        k, ef = want, self._ef
+        try:
+            while True:
+                try:
+                    labels, dists = self._graph.knn_query(queries, k=k, num_threads=1)
+                    return labels.astype(np.int64).ravel(), dists.ravel()
+                except RuntimeError:
+                    if ef < len(self._id_of):
+                        ef *= 4
+                        self._graph.set_ef(ef)
+                    elif k > 1:
+                        k //= 2
+                    else:
+                        return np.empty(0, np.int64), np.empty(0, np.float32)
+        finally:
+            if ef != self._ef:
+                self._graph.set_ef(self._ef)
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self._ef,
+            "add_threads": self.add_threads,
+            "seed": self._seed,
+        }
+
+    def _write_data(self, data_file: Callable[[str], Path]) -> dict[str, Any]:
+        self._graph.save_index(str(data_file("graph")))
+        return {}
+
+    @classmethod
+    def _from_checkpoint(
+        cls, directory: Path, manifest: dict[str, Any], ids: list[str | None]
+    ) -> HnswIndex:
+        p = manifest["params"]
+        index = cls(
+            manifest["dim"],
+            m=p["m"],
+            ef_construction=p["ef_construction"],
+            ef_search=p["ef_search"],
+            add_threads=p["add_threads"],
+            seed=p["seed"],
+            capacity=1,
+        )
+        graph = hnswlib.Index(space="ip", dim=index.dim)
+        graph.load_index(str(directory / manifest["files"]["graph"]))
+        index._graph = graph
+        index.ef_search = p["ef_search"]
+        index._restore_ids(ids)
+        index._free = [label for label, i in enumerate(ids) if i is None]
+        return index
+
+
+# ------------------------------------------------------------------------------------------------
+# faiss HNSW (8-bit scalar quantised or flat), tombstones + compaction, exact re-ranking
+# ------------------------------------------------------------------------------------------------
+
+
+class FaissHnswIndex(_GraphIndex):
+    def __init__(
+        self,
+        dim: int,
+        metric: Metric = Metric.COSINE,
+        *,
+        storage: Storage = "sq8",
+        m: int = 32,
+        ef_construction: int = 100,
+        ef_search: int = DEFAULT_EF_FAISS,
+        fetch_exact: FetchExact | None = None,
+        rerank: int = 4,
+        train_size: int = 10_000,
+        compact_fraction: float | None = 0.25,
+        compact_min: int = 1_000,
+    ) -> None:
+        """`fetch_exact`: float32 bytes of a live image (store of record), for re-ranking the top
+        `rerank * k` candidates and for rebuilding; `compact_fraction=None`: never compact by
+        itself (call `compact()` when convenient)."""
+        _require_cosine(metric)
+        if storage not in ("sq8", "flat"):
+            raise ValueError(f"unknown storage {storage!r}")
+        super().__init__(dim, "faiss-hnsw-sq8" if storage == "sq8" else "faiss-hnsw")
+        self.storage: Storage = storage
+        self.m = m
+        self.ef_construction = ef_construction
+        self.ef_search = ef_search
+        self.fetch_exact = fetch_exact
+        self.rerank = rerank
+        self.train_size = train_size if storage == "sq8" else 0
+        self.compact_fraction = compact_fraction
+        self.compact_min = compact_min
+        self.compactions = 0
+        self._tombstones = 0
+        self._live_bits = np.zeros(128, dtype=np.uint8)  # bit per label: 1 = live
+        # Until the quantiser is trained the vectors live in a small exact index.
+        self._staging: ExactVectorIndex | None = None
+        self._staged: dict[str, None] = {}
+        self._graph: Any = None
+        if self.train_size > 0:
+            self._staging = ExactVectorIndex(dim, Metric.COSINE)
+        else:
+            self._graph = self._new_graph()
+
+    # -- state --
+
+    def __len__(self) -> int:
+        return len(self._staged) if self._staging is not None else len(self._label_of)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._staged or image_id in self._label_of
+
+    @property
+    def tombstones(self) -> int:
+        return self._tombstones
+
+    @property
+    def slots(self) -> int:
+        """Graph nodes, live or tombstoned."""
+        return len(self._id_of)
+
+    @property
+    def trained(self) -> bool:
+        return self._staging is None
+
+    # -- writes --
+
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        values = self._as_vector(vector)
+        if self._staging is not None:
+            self._staging.upsert(image_id, vector)
+            self._staged[image_id] = None
+            if len(self._staged) >= self.train_size:
+                self._leave_staging()
+            return
+        old = self._label_of.get(image_id)
+        if old is not None:
+            self._bury(old)
+        with _one_omp_thread():  # forking OpenMP threads for one vector costs more than it saves
+            self._append([image_id], values[None, :])
+        self._maybe_compact()
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: NDArray[np.float32]) -> None:
+        """Bulk upsert (initial load, replays): graph insertion runs on faiss's OpenMP threads."""
+        self._check_batch(image_ids, vectors)
+        ids, vectors = self._last_per_id(image_ids, vectors)
+        if self._staging is not None:
+            taken = 0
+            for image_id, row in zip(ids, vectors, strict=True):
+                if len(self._staged) >= self.train_size:
+                    break
+                self._staging.upsert(image_id, row.tobytes())
+                self._staged[image_id] = None
+                taken += 1
+            if len(self._staged) < self.train_size:
+                return
+            self._leave_staging()
+            ids, vectors = ids[taken:], vectors[taken:]
+            if not ids:
+                return
+        for image_id in ids:
+            old = self._label_of.get(image_id)
+            if old is not None:
+                self._bury(old)
+        self._append(ids, np.ascontiguousarray(vectors, dtype=np.float32))
+        self._maybe_compact()
+
+    def remove(self, image_id: str) -> bool:
+        if self._staging is not None:
+            if image_id not in self._staged:
+                return False
+            del self._staged[image_id]
+            return self._staging.remove(image_id)
+        label = self._label_of.pop(image_id, None)
+        if label is None:
+            return False
+        self._bury(label, unmap=False)
+        self._maybe_compact()
+        return True
+
+    def code_of(self, image_id: str) -> bytes | None:
+        """Exact bytes through `fetch_exact` when given, else what the index holds (SQ8: decoded,
+        within half a quantisation step of the original)."""
+        if self._staging is not None:
+            return self._staging.code_of(image_id)
+        label = self._label_of.get(image_id)
+        if label is None:
+            return None
+        if self.fetch_exact is not None:
+            exact = self.fetch_exact(image_id)
+            if exact is not None:
+                return exact
+        values: NDArray[np.float32] = self._graph.reconstruct(label)
+        return values.astype(np.float32).tobytes()
+
+    def compact(self) -> None:
+        """Rebuild the graph from the live vectors: tombstones gone, labels renumbered."""
+        if self._staging is not None:
+            return
+        live = [(label, i) for label, i in enumerate(self._id_of) if i is not None]
+        old_graph = self._graph
+        retrain = self.storage == "sq8" and self.fetch_exact is not None
+        chunk = 50_000
+
+        def vectors_of(part: list[tuple[int, str]]) -> NDArray[np.float32]:
+            labels = np.array([label for label, _ in part], dtype=np.int64)
+            out: NDArray[np.float32] = old_graph.reconstruct_batch(labels)
+            if self.fetch_exact is not None:
+                for row, (_, image_id) in enumerate(part):
+                    exact = self.fetch_exact(image_id)
+                    if exact is not None and len(exact) == 4 * self.dim:
+                        out[row] = np.frombuffer(exact, dtype=np.float32)
+            return out
+
+        graph = self._new_graph()
+        if self.storage == "sq8":
+            if retrain and live:
+                sample = live[:: max(1, len(live) // self.train_size)][: self.train_size]
+                graph.train(vectors_of(sample))
+            else:  # decoded codes re-encode to themselves only under the same quantiser
+                _copy_quantiser(old_graph, graph)
+        for start in range(0, len(live), chunk):
+            graph.add(vectors_of(live[start : start + chunk]))
+        self._graph = graph
+        self._restore_ids([i for _, i in live])
+        self._tombstones = 0
+        self._live_bits = np.zeros(max(128, _bitmap_bytes(len(live)) * 2), dtype=np.uint8)
+        self._set_live(np.arange(len(live)), True)
+        self.compactions += 1
+
+    # -- internals --
+
+    def _new_graph(self) -> Any:
+        metric = faiss.METRIC_INNER_PRODUCT
+        graph: Any
+        if self.storage == "sq8":
+            qtype: Any = faiss.ScalarQuantizer.QT_8bit
+            graph = faiss.IndexHNSWSQ(self.dim, qtype, self.m, metric)
+        else:
+            graph = faiss.IndexHNSWFlat(self.dim, self.m, metric)
+        graph.hnsw.efConstruction = self.ef_construction
+        return graph
+
+    def _leave_staging(self) -> None:
+        staging = self._staging
+        assert staging is not None
+        ids = list(self._staged)
+        vectors = np.stack(
+            [np.frombuffer(staging.code_of(i) or b"", dtype=np.float32) for i in ids]
+        )
+        self._graph = self._new_graph()
+        if self.storage == "sq8":
+            self._graph.train(vectors)
+        self._staging = None
+        self._staged = {}
+        self._append(ids, vectors)
+
+    def _append(self, ids: list[str], vectors: NDArray[np.float32]) -> None:
+        first = len(self._id_of)
+        self._graph.add(vectors)
+        for offset, image_id in enumerate(ids):
+            self._label_of[image_id] = first + offset
+        self._id_of.extend(ids)
+        need = _bitmap_bytes(len(self._id_of))
+        if need > self._live_bits.size:
+            bits = np.zeros(max(need, 2 * self._live_bits.size), dtype=np.uint8)
+            bits[: self._live_bits.size] = self._live_bits
+            self._live_bits = bits
+        self._set_live(np.arange(first, len(self._id_of)), True)
+
+    def _bury(self, label: int, *, unmap: bool = True) -> None:
+        image_id = self._id_of[label]
+        if unmap and image_id is not None:
+            self._label_of.pop(image_id, None)
+        self._id_of[label] = None
+        self._live_bits[label >> 3] &= np.uint8(0xFF ^ (1 << (label & 7)))
+        self._tombstones += 1
+
+    def _set_live(self, labels: NDArray[np.int64], live: bool) -> None:
+        if not labels.size:
+            return
+        byte, bit = labels >> 3, (labels & 7).astype(np.uint8)
+        masks = np.left_shift(np.uint8(1), bit)
+        if live:
+            np.bitwise_or.at(self._live_bits, byte, masks)
+        else:
+            np.bitwise_and.at(self._live_bits, byte, ~masks)
+
+    def _maybe_compact(self) -> None:
+        if self.compact_fraction is None:
+            return
+        if self._tombstones > max(self.compact_min, self.compact_fraction * len(self._label_of)):
+            self.compact()
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[tuple[str, float]]:
+        if self._staging is not None:
+            return self._staging.search(queries, k, max_distance, exclude)
+        return super().search(queries, k, max_distance, exclude)
+
+    def _graph_candidates(self, queries: NDArray[np.float32], count: int) -> Candidates:
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        params.efSearch = max(self.ef_search, count)
+        selector = None
+        if self._tombstones:
+            selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
+            params.sel = selector
+        with _one_omp_thread():
+            sims, labels = self._graph.search(queries, count, params=params)
+        del selector
+        dists: NDArray[np.float32] = (1.0 - sims).astype(np.float32)
+        return labels.astype(np.int64).ravel(), dists.ravel()
+
+    def _candidates(self, queries: NDArray[np.float32], want: int) -> Candidates:
+        if self.fetch_exact is None or self.rerank <= 1 or self.storage == "flat":
+            return self._graph_candidates(queries, want)
+        labels, approx = self._graph_candidates(queries, min(want * self.rerank, len(self)))
+        keep = labels >= 0
+        labels, approx = labels[keep], approx[keep]
+        unique = np.unique(labels)
+        if not unique.size:
+            return unique, approx[:0]
+        rows = np.empty((unique.size, self.dim), dtype=np.float32)
+        missing: list[int] = []
+        for row, label in enumerate(unique.tolist()):
+            image_id = self._id_of[label]
+            exact = None if image_id is None else self.fetch_exact(image_id)
+            if exact is None or len(exact) != 4 * self.dim:
+                missing.append(row)  # store and index disagree for a moment: keep the estimate
+                rows[row] = 0.0
+            else:
+                rows[row] = np.frombuffer(exact, dtype=np.float32)
+        dists: NDArray[np.float32] = (1.0 - rows @ queries.T).min(axis=1).astype(np.float32)
+        for row in missing:  # the best approximate distance over the queries
+            dists[row] = approx[labels == unique[row]].min()
+        return unique, dists
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "storage": self.storage,
+            "m": self.m,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "rerank": self.rerank,
+            "train_size": self.train_size,
+            "compact_fraction": self.compact_fraction,
+            "compact_min": self.compact_min,
+        }
+
+    def _write_data(self, data_file: Callable[[str], Path]) -> dict[str, Any]:
+        if self._staging is not None:
+            ids = list(self._staged)
+            staged = data_file("staged.npy")
+            codes = [self._staging.code_of(i) or b"" for i in ids]
+            matrix = np.frombuffer(b"".join(codes), dtype=np.float32).reshape(len(ids), self.dim)
+            with open(staged, "wb") as f:
+                np.save(f, matrix)
+            return {"staged_ids": ids}
+        faiss.write_index(self._graph, str(data_file("graph")))
+        return {}
+
+    @classmethod
+    def _from_checkpoint(
+        cls,
+        directory: Path,
+        manifest: dict[str, Any],
+        ids: list[str | None],
+        fetch_exact: FetchExact | None,
+    ) -> FaissHnswIndex:
+        p = manifest["params"]
+        index = cls(
+            manifest["dim"],
+            storage=p["storage"],
+            m=p["m"],
+            ef_construction=p["ef_construction"],
+            ef_search=p["ef_search"],
+            fetch_exact=fetch_exact,
+            rerank=p["rerank"],
+            train_size=p["train_size"],
+            compact_fraction=p["compact_fraction"],
+            compact_min=p["compact_min"],
+        )
+        files = manifest["files"]
+        if "staged.npy" in files:
+            matrix = np.load(directory / files["staged.npy"])
+            for image_id, row in zip(manifest["staged_ids"], matrix, strict=True):
+                index.upsert(image_id, row.tobytes())
+            return index
+        index._staging = None
+        index._staged = {}
+        index._graph = faiss.read_index(str(directory / files["graph"]))
+        index._restore_ids(ids)
+        index._tombstones = sum(1 for i in ids if i is None)
+        index._live_bits = np.zeros(max(128, 2 * _bitmap_bytes(len(ids))), dtype=np.uint8)
+        index._set_live(np.array([lb for lb, i in enumerate(ids) if i is not None]), True)
+        return index
+
+
+@contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """Run faiss on the calling thread only (OpenMP's thread count is per calling thread)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _bitmap_bytes(labels: int) -> int:
+    return (labels + 7) // 8
+
+
+def _copy_quantiser(source: Any, target: Any) -> None:
+    source_storage: Any = faiss.downcast_index(source.storage)
+    trained = faiss.vector_to_array(source_storage.sq.trained)
+    storage: Any = faiss.downcast_index(target.storage)
+    faiss.copy_array_to_vector(trained, storage.sq.trained)
+    storage.is_trained = True
+    target.is_trained = True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# factory and loading
+# ------------------------------------------------------------------------------------------------
+
+AnnIndex = ExactVectorIndex | HnswIndex | FaissHnswIndex
+
+
+def make_ann_index(
+    kind: str,
+    dim: int,
+    metric: Metric = Metric.COSINE,
+    *,
+    fetch_exact: FetchExact | None = None,
+    ef_search: int | None = None,
+    **options: Any,
+) -> AnnIndex:
+    """A search structure for float vectors. kind: one of ANN_KINDS ("exact" also takes L1).
+
+    `fetch_exact` (faiss-hnsw-sq8): exact float32 bytes by id from the store of record, used to
+    re-rank the quantised candidates. Other keyword options go to the engine's constructor.
+    """
+    if kind == "exact":
+        return ExactVectorIndex(dim, metric, **options)
+    if kind == "hnsw":
+        return HnswIndex(dim, metric, ef_search=ef_search or DEFAULT_EF_HNSW, **options)
+    if kind in ("faiss-hnsw", "faiss-hnsw-sq8"):
+        storage: Storage = "sq8" if kind == "faiss-hnsw-sq8" else "flat"
+        return FaissHnswIndex(
+            dim,
+            metric,
+            storage=storage,
+            fetch_exact=fetch_exact,
+            ef_search=ef_search or DEFAULT_EF_FAISS,
+            **options,
+        )
+    raise ValueError(f"unknown index kind {kind!r}; expected one of {ANN_KINDS}")
+
+
+def load_ann_index(path: Path, fetch_exact: FetchExact | None = None) -> HnswIndex | FaissHnswIndex:
+    """Open the checkpoint whose manifest is `path` (written by `save`)."""
+    path = Path(path)
+    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    ids: list[str | None] = json.loads(
+        (path.parent / manifest["files"]["ids.json"]).read_text(encoding="utf-8")
+    )
+    if manifest["kind"] == "hnsw":
+        return HnswIndex._from_checkpoint(path.parent, manifest, ids)
+    if manifest["kind"] in ("faiss-hnsw", "faiss-hnsw-sq8"):
+        return FaissHnswIndex._from_checkpoint(path.parent, manifest, ids, fetch_exact)
+    raise ValueError(f"unknown index kind {manifest['kind']!r} in {path}")
