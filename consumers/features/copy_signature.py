@@ -19,7 +19,7 @@ NAME = "copy"
 FRAMINGS = 2
 CODES = FRAMINGS * multi_hash.HASHES
 SIDE = 256
-VERSION = f"copy-{multi_hash.VERSION}-trim{FRAMINGS}-{SIDE}px-v1"
+VERSION = f"copy-{multi_hash.VERSION}-trim{FRAMINGS}-{SIDE}px-grey-v1"
 
 
 def _small(img: Image.Image) -> Image.Image:
@@ -31,9 +31,11 @@ def _small(img: Image.Image) -> Image.Image:
 
 
 def describe(img: Image.Image) -> bytes:
-    frames = border_trim.framings(_small(img))
-    frames = (frames + frames)[:FRAMINGS]  # no border: the second framing repeats the first
-    return b"".join(h for frame in frames for h in multi_hash.index_hashes(frame))
+    # Borders are found in colour; the windows and turns are cut from grey (pHash's input),
+    # a third of the pixels to move.
+    frames = [f.convert("L") for f in border_trim.framings(_small(img))]
+    codes = [b"".join(multi_hash.index_hashes(frame)) for frame in frames]
+    return b"".join((codes + codes)[:FRAMINGS])  # no border: the 2nd framing repeats the 1st
 
 
 def query_codes(img: Image.Image) -> list[bytes]:

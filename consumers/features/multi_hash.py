@@ -55,7 +55,8 @@ def window(img: Image.Image, keep: float, dx: float = 0.0, dy: float = 0.0) -> I
 
 def rotated(img: Image.Image, angle: float) -> Image.Image:
     """`img` turned `angle` degrees counter-clockwise, same size, black corners."""
-    return img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    black: int | tuple[int, int, int] = 0 if img.mode == "L" else (0, 0, 0)
+    return img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=black)
 
 
 def index_hashes(img: Image.Image) -> list[bytes]:
