@@ -164,3 +164,26 @@ async def test_backfill_indexes_missed_uploads_and_removes_missed_deletes(
     )
     # A second scan finds nothing left to do for these keys.
     assert "0 removed" in run_backfill(stack)
+
+
+async def test_kill_during_indexing_loses_nothing_and_counts_nothing_twice(
+    stack: Stack, s3: Minio, settings: Settings, search: SearchClient
+) -> None:
+    from lookalike.samples import distinct_jpegs
+
+    prefix = f"crash-{uuid.uuid4().hex[:6]}"
+    before = await eventually(lambda: by_id(search, "-probe-"), lambda r: r is not None)
+    assert before is not None
+    start_count = (await search.search(SearchRequest(image=jpeg(photo("moon")), k=1))).indexed
+    images = distinct_jpegs(30, size=(320, 240), seed=31)
+    for i, data in enumerate(images):
+        upload_bytes(s3, settings.bucket, f"{prefix}/{i:02d}.jpg", data)
+        if i == 10:
+            assert stack.indexer is not None
+            stack.indexer.kill()  # mid-stream: some batches applied, some not
+    stack.start_indexer(wait=False)
+    await stack.serving()
+    for i in range(len(images)):
+        await eventually(partial(by_id, search, f"{settings.bucket}/{prefix}/{i:02d}.jpg"), found)
+    after = await search.search(SearchRequest(image=jpeg(photo("moon")), k=1))
+    assert after.indexed == start_count + len(images)  # each image once

@@ -4,8 +4,9 @@ uses manual partition assignment, not a consumer group: every replica reads ever
 partition it serves, and a restart resumes exactly where its disk says.
 
 If the broker no longer has the stored offsets (the embedded broker keeps topics in memory),
-the indexer keeps its state, reads what the broker has from the start, and a bucket scan
-(`lookalike backfill`) brings back anything missed.
+the fetch is out of range, the consumer starts those partitions over from the earliest offset
+the broker has, the indexer keeps its state, and a bucket scan (`lookalike backfill`) brings
+back anything missed.
 """
 
 from __future__ import annotations
@@ -90,17 +91,14 @@ class IngestService:
             self.served_partitions = sorted(wanted)
             self.partition_count = len(known)
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
         resume: dict[str, int] = {}
         for tp in tps:
-            stored = self._stored_offsets.get(offset_name(tp))
-            if stored is not None and stored > ends[tp]:
-                log.warning(
-                    "ingest.offsets_lost", partition=offset_name(tp), stored=stored, end=ends[tp]
-                )
-                stored = None
-            resume[offset_name(tp)] = stored or 0
-            consumer.seek(tp, stored or 0)
+            # Resume exactly where the store says. If the broker no longer has that offset
+            # (an empty embedded broker after a restart), the fetch is out of range and the
+            # consumer's auto_offset_reset=earliest restarts the partition from its start.
+            # (Not decided from end_offsets here: a lagging high watermark would replay.)
+            resume[offset_name(tp)] = self._stored_offsets.get(offset_name(tp), 0)
+            consumer.seek(tp, resume[offset_name(tp)])
         log.info("ingest.assigned", resume_from=resume)
 
     async def _apply(
