@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self, cast
 
 import faiss
 import hnswlib
@@ -58,6 +58,7 @@ Candidates = tuple[NDArray[np.int64], NDArray[np.float32]]
 ANN_KINDS = ("exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8")
 DEFAULT_KIND = "faiss-hnsw-sq8"
 CHECKPOINT_FORMAT = "lookalike-ann-checkpoint/1"
+MANIFEST = "ann.json"
 
 # Search-time beam widths reaching recall@10 >= 0.95 on 1M synthetic 512-d vectors
 # (bench/index_scale.py; re-tune on real vectors with the same script).
@@ -147,20 +148,19 @@ class _GraphIndex:
 
     # -- checkpoints --
 
-    def save(self, path: Path) -> None:
-        """Write a checkpoint at `path` (a manifest) and its data files beside it, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, directory: Path) -> None:
+        """Write a checkpoint into `directory`: new data files, then the manifest, atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         generation = f"{time.time_ns():x}-{os.getpid()}"
         files: dict[str, str] = {}
 
         def data_file(role: str) -> Path:
-            name = f"{path.name}.{generation}.{role}"
+            name = f"ann.{generation}.{role}"
             files[role] = name
-            return path.parent / name
+            return directory / name
 
-        ids_file = data_file("ids.json")
-        ids_file.write_text(json.dumps(self._id_of), encoding="utf-8")
+        data_file("ids.json").write_text(json.dumps(self._id_of), encoding="utf-8")
         manifest: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "kind": self.kind,
@@ -171,16 +171,16 @@ class _GraphIndex:
         }
         manifest["files"] = files
         for name in files.values():
-            _fsync_file(path.parent / name)
-        tmp = path.parent / f"{path.name}.tmp-{generation}"
+            _fsync_file(directory / name)
+        tmp = directory / f"{MANIFEST}.tmp-{generation}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        keep = set(files.values())
-        for stale in path.parent.glob(f"{path.name}.*"):
+        os.replace(tmp, directory / MANIFEST)  # the switch: old or new, never half
+        _fsync_dir(directory)
+        keep = {MANIFEST, *files.values()}
+        for stale in directory.glob("ann.*"):  # the previous generation, crashed saves
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
 
@@ -331,23 +331,18 @@ class HnswIndex(_GraphIndex):
         return {}
 
     @classmethod
-    def _from_checkpoint(
-        cls, directory: Path, manifest: dict[str, Any], ids: list[str | None]
-    ) -> HnswIndex:
-        p = manifest["params"]
-        index = cls(
-            manifest["dim"],
-            m=p["m"],
-            ef_construction=p["ef_construction"],
-            ef_search=p["ef_search"],
-            add_threads=p["add_threads"],
-            seed=p["seed"],
-            capacity=1,
-        )
+    def empty_like(cls, other: Self) -> Self:
+        return cls(other.dim, **other._params())
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """Open a checkpoint written by `save`."""
+        manifest, ids = _read_checkpoint(Path(directory), "hnsw")
+        index = cls(manifest["dim"], capacity=1, **manifest["params"])
         graph = hnswlib.Index(space="ip", dim=index.dim)
-        graph.load_index(str(directory / manifest["files"]["graph"]))
+        graph.load_index(str(Path(directory) / manifest["files"]["graph"]))
         index._graph = graph
-        index.ef_search = p["ef_search"]
+        index.ef_search = index.ef_search  # a loaded graph forgets its ef
         index._restore_ids(ids)
         index._free = [label for label, i in enumerate(ids) if i is None]
         return index
@@ -359,6 +354,8 @@ class HnswIndex(_GraphIndex):
 
 
 class FaissHnswIndex(_GraphIndex):
+    _bound_fetch: ClassVar[tuple[FetchExact, ...]] = ()  # see `with_store`
+
     def __init__(
         self,
         dim: int,
@@ -385,6 +382,8 @@ class FaissHnswIndex(_GraphIndex):
         self.m = m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
+        if fetch_exact is None and self._bound_fetch:
+            fetch_exact = self._bound_fetch[0]
         self.fetch_exact = fetch_exact
         self.rerank = rerank
         self.train_size = train_size if storage == "sq8" else 0
@@ -665,26 +664,25 @@ class FaissHnswIndex(_GraphIndex):
         return {}
 
     @classmethod
-    def _from_checkpoint(
-        cls,
-        directory: Path,
-        manifest: dict[str, Any],
-        ids: list[str | None],
-        fetch_exact: FetchExact | None,
-    ) -> FaissHnswIndex:
-        p = manifest["params"]
-        index = cls(
-            manifest["dim"],
-            storage=p["storage"],
-            m=p["m"],
-            ef_construction=p["ef_construction"],
-            ef_search=p["ef_search"],
-            fetch_exact=fetch_exact,
-            rerank=p["rerank"],
-            train_size=p["train_size"],
-            compact_fraction=p["compact_fraction"],
-            compact_min=p["compact_min"],
-        )
+    def with_store(cls, fetch_exact: FetchExact) -> type[FaissHnswIndex]:
+        """A subclass whose instances, `load` and `empty_like` default to `fetch_exact`.
+
+        `FeatureIndex` reloads snapshots with `type(structure).load(directory)`, which cannot
+        pass a callable: an instance of this subclass keeps re-ranking across reloads.
+        """
+        bound = type(f"{cls.__name__}WithStore", (cls,), {"_bound_fetch": (fetch_exact,)})
+        return cast(type[FaissHnswIndex], bound)
+
+    @classmethod
+    def empty_like(cls, other: Self) -> Self:
+        return cls(other.dim, fetch_exact=other.fetch_exact, **other._params())
+
+    @classmethod
+    def load(cls, directory: Path, fetch_exact: FetchExact | None = None) -> Self:
+        """Open a checkpoint written by `save`; `fetch_exact` as in the constructor."""
+        directory = Path(directory)
+        manifest, ids = _read_checkpoint(directory, "faiss-hnsw", "faiss-hnsw-sq8")
+        index = cls(manifest["dim"], fetch_exact=fetch_exact, **manifest["params"])
         files = manifest["files"]
         if "staged.npy" in files:
             matrix = np.load(directory / files["staged.npy"])
@@ -723,6 +721,17 @@ def _copy_quantiser(source: Any, target: Any) -> None:
     faiss.copy_array_to_vector(trained, storage.sq.trained)
     storage.is_trained = True
     target.is_trained = True
+
+
+def _read_checkpoint(directory: Path, *kinds: str) -> tuple[dict[str, Any], list[str | None]]:
+    manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{directory} holds no {CHECKPOINT_FORMAT} checkpoint")
+    if kinds and manifest["kind"] not in kinds:
+        raise ValueError(f"{directory} holds a {manifest['kind']} index, not {' or '.join(kinds)}")
+    ids_file = directory / manifest["files"]["ids.json"]
+    ids: list[str | None] = json.loads(ids_file.read_text(encoding="utf-8"))
+    return manifest, ids
 
 
 def _fsync_file(path: Path) -> None:
@@ -767,28 +776,18 @@ def make_ann_index(
         return HnswIndex(dim, metric, ef_search=ef_search or DEFAULT_EF_HNSW, **options)
     if kind in ("faiss-hnsw", "faiss-hnsw-sq8"):
         storage: Storage = "sq8" if kind == "faiss-hnsw-sq8" else "flat"
-        return FaissHnswIndex(
-            dim,
-            metric,
-            storage=storage,
-            fetch_exact=fetch_exact,
-            ef_search=ef_search or DEFAULT_EF_FAISS,
-            **options,
+        engine = FaissHnswIndex if fetch_exact is None else FaissHnswIndex.with_store(fetch_exact)
+        return engine(
+            dim, metric, storage=storage, ef_search=ef_search or DEFAULT_EF_FAISS, **options
         )
     raise ValueError(f"unknown index kind {kind!r}; expected one of {ANN_KINDS}")
 
 
-def load_ann_index(path: Path, fetch_exact: FetchExact | None = None) -> HnswIndex | FaissHnswIndex:
-    """Open the checkpoint whose manifest is `path` (written by `save`)."""
-    path = Path(path)
-    manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    ids: list[str | None] = json.loads(
-        (path.parent / manifest["files"]["ids.json"]).read_text(encoding="utf-8")
-    )
+def load_ann_index(
+    directory: Path, fetch_exact: FetchExact | None = None
+) -> HnswIndex | FaissHnswIndex:
+    """Open the checkpoint in `directory` (written by `save`), whichever engine wrote it."""
+    manifest, _ = _read_checkpoint(Path(directory))
     if manifest["kind"] == "hnsw":
-        return HnswIndex._from_checkpoint(path.parent, manifest, ids)
-    if manifest["kind"] in ("faiss-hnsw", "faiss-hnsw-sq8"):
-        return FaissHnswIndex._from_checkpoint(path.parent, manifest, ids, fetch_exact)
-    raise ValueError(f"unknown index kind {manifest['kind']!r} in {path}")
+        return HnswIndex.load(directory)
+    return FaissHnswIndex.load(directory, fetch_exact)
