@@ -82,22 +82,21 @@ class DenseRowIndex:
         parts = self._query_parts(queries)
         if n == 0 or not parts or k < 1:
             return []
-        dist = self._distances(parts[0], n).astype(np.float64)
-        for q in parts[1:]:
-            np.minimum(dist, self._distances(q, n), out=dist)
-        dist[~self._live[:n]] = np.inf
-        for image_id in exclude:
-            slot = self._slot_of.get(image_id)
-            if slot is not None:
-                dist[slot] = np.inf
-        k = min(k, n)
+        dist = self._distances_to_any(parts, n)
+        masked = self._free + [s for s in map(self._slot_of.get, exclude) if s is not None]
+        dist[masked] = _far(dist.dtype)
+        slots = _nearest_slots(dist, min(k, n), max_distance)
         # Everything as close as the k-th best, then ties broken by id: the same content
         # gives the same answer whatever order it was loaded in.
-        kth = np.partition(dist, k - 1)[k - 1]
-        limit = kth if max_distance is None else min(kth, max_distance)
-        slots = np.flatnonzero(np.isfinite(dist) & (dist <= limit))
-        ranked = sorted((float(dist[s]), self._ids[s]) for s in slots)
+        ranked = sorted((float(dist[s]), self._ids[s]) for s in slots.tolist())
         return [(i, d) for d, i in ranked[:k] if i is not None]
+
+    def _distances_to_any(self, parts: list[bytes], n: int) -> NDArray[Any]:
+        """Distance of rows [0, n) to their nearest query part (a fresh array)."""
+        dist = self._distances(parts[0], n).copy()
+        for q in parts[1:]:
+            np.minimum(dist, self._distances(q, n), out=dist)
+        return dist
 
     def save(self, directory: Path) -> None:
         """Live rows and their ids (compacted: free slots are not saved)."""
@@ -137,3 +136,36 @@ class DenseRowIndex:
         slot = self._used
         self._used += 1
         return slot
+
+
+# Rows per block when bounding the k-th distance: block minima are cheap to take, and the
+# k-th smallest of them bounds the k-th smallest distance from above.
+_BLOCK = 1024
+
+
+def _far(dtype: np.dtype[Any]) -> float | int:
+    return float("inf") if np.issubdtype(dtype, np.floating) else int(np.iinfo(dtype).max)
+
+
+def _nearest_slots(dist: NDArray[Any], k: int, max_distance: float | None) -> NDArray[np.intp]:
+    """Slots whose distance is at most the k-th smallest (ties included) and `max_distance`.
+
+    A full partition of millions of distances costs more than computing them, so the k-th
+    distance is first bounded from above by the k-th smallest block minimum (at least k rows
+    lie at or under it), and only the rows under that bound are ranked exactly.
+    """
+    far = _far(dist.dtype)
+    bound: float = far
+    blocks = dist.size // _BLOCK
+    if blocks >= 4 * k:
+        minima = dist[: blocks * _BLOCK].reshape(blocks, _BLOCK).min(axis=1)
+        bound = float(np.partition(minima, k - 1)[k - 1])
+    if max_distance is not None:
+        bound = min(bound, max_distance)
+    candidates = np.flatnonzero(dist < far) if bound >= far else np.flatnonzero(dist <= bound)
+    if candidates.size == 0:
+        return candidates
+    near = dist[candidates]
+    kth = float(np.partition(near, min(k, near.size) - 1)[min(k, near.size) - 1])
+    chosen: NDArray[np.intp] = candidates[near <= kth]
+    return chosen

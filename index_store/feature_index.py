@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
 
+import numpy as np
 import structlog
 
+from index_store.ann_index import DEFAULT_KIND, FetchExact, make_ann_index
 from index_store.exact_vector_index import ExactVectorIndex
 from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
@@ -58,10 +60,23 @@ class SearchStructure(Protocol):
     def empty_like(cls, other: Self) -> Self: ...
 
 
-def make_structure(metric: Metric, dim: int, codes_per_item: int = 1) -> SearchStructure:
-    """dim: bits for Hamming (all codes of an item), floats otherwise."""
+def make_structure(
+    metric: Metric,
+    dim: int,
+    codes_per_item: int = 1,
+    vector_index: str = DEFAULT_KIND,
+    fetch_exact: FetchExact | None = None,
+) -> SearchStructure:
+    """dim: bits for Hamming (all codes of an item), floats otherwise.
+
+    Cosine vectors get the approximate engine `vector_index` (see ann_index.py), re-ranked
+    with exact vectors from `fetch_exact` (the store of record) where the engine quantises;
+    other float metrics (L1 colour histograms) are searched exactly.
+    """
     if metric is Metric.HAMMING:
         return HammingIndex(dim // 8 // codes_per_item, codes_per_item=codes_per_item)
+    if metric is Metric.COSINE:
+        return make_ann_index(vector_index, dim, metric, fetch_exact=fetch_exact)
     return ExactVectorIndex(dim, metric)
 
 
@@ -90,8 +105,9 @@ class FeatureIndex:
         """From the newest snapshot plus the changes after it, or else from the whole store."""
         snapshot = latest(self._snapshot_dir) if self._snapshot_dir else None
         with self._lock:
-            if snapshot is not None:
-                self._index = type(self._index).load(snapshot.path)
+            loaded = self._load_snapshot(snapshot.path) if snapshot is not None else None
+            if snapshot is not None and loaded is not None:
+                self._index = loaded
                 changed = self._store.changed_since(self.name, snapshot.seq)
                 for image_id in changed:
                     vector = self._store.vector(self.name, image_id)
@@ -102,12 +118,21 @@ class FeatureIndex:
                 self._checkpointed_seq = snapshot.seq
                 source = f"snapshot {snapshot.seq} + {len(changed)} later changes"
             else:
-                for image_id, code in self._store.vectors(self.name):
-                    self._index.upsert(image_id, code)
+                self._index = type(self._index).empty_like(self._index)
+                _fill(self._index, self._store.vectors(self.name))
                 source = "store"
             self._applied_seq = self._store.seq(self.name)
         log.info("index.loaded", index=self.name, images=len(self._index), source=source)
         return len(self._index)
+
+    def _load_snapshot(self, path: Path) -> SearchStructure | None:
+        """None when the snapshot was written by another engine or format (the configured
+        engine changed, or an older version wrote it): the store rebuilds it instead."""
+        try:
+            return type(self._index).load(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("index.snapshot_unusable", index=self.name, path=str(path), error=str(exc))
+            return None
 
     def checkpoint(self) -> bool:
         """Snapshot the in-memory structure if it changed since the last one."""
@@ -165,10 +190,7 @@ class FeatureIndex:
         self._rebuild_from = started_at  # checkpoints keep the change log from here on
         fresh = type(self._index).empty_like(self._index)
         try:
-            for count, (image_id, vector) in enumerate(vectors, 1):
-                fresh.upsert(image_id, vector)
-                if progress is not None and count % 10_000 == 0:
-                    progress(count)
+            _fill(fresh, vectors, progress)
             with self._lock:
                 for image_id in self._store.changed_since(self.name, started_at):
                     current = self._store.vector(self.name, image_id)
@@ -209,3 +231,36 @@ def _last_per_image(changes: Sequence[Change]) -> list[Change]:
         last.pop(change.image_id, None)
         last[change.image_id] = change
     return list(last.values())
+
+
+def _fill(
+    index: SearchStructure,
+    vectors: Iterable[tuple[str, bytes]],
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 10_000,
+) -> None:
+    """Insert many vectors, in bulk where the engine can (graph inserts on all cores)."""
+    bulk = getattr(index, "upsert_many", None)
+    ids: list[str] = []
+    rows: list[bytes] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done, ids, rows
+        if bulk is None:
+            for image_id, vector in zip(ids, rows, strict=True):
+                index.upsert(image_id, vector)
+        else:
+            bulk(ids, np.frombuffer(b"".join(rows), np.float32).reshape(len(ids), -1))
+        done += len(ids)
+        ids, rows = [], []
+        if progress is not None:
+            progress(done)
+
+    for image_id, vector in vectors:
+        ids.append(image_id)
+        rows.append(vector)
+        if len(ids) == chunk:
+            flush()
+    if ids:
+        flush()

@@ -1,5 +1,6 @@
-"""Exact Hamming search over fixed-length binary codes (XOR + popcount over 64-bit words):
-simple, exact, and fast enough for a few million codes per shard.
+"""Exact Hamming search over fixed-length binary codes: simple, exact, and fast enough for
+ten million codes per shard (faiss's popcount kernel: ~28 ms per query code over 10M 576-bit
+codes on one core, against ~520 ms for numpy XOR + bitwise_count; bench/index_scale.py).
 
 An item may hold several codes (`codes_per_item`, e.g. hashes of crops and turns of one
 image): its distance to a query is the smallest over all (query code, item code) pairs.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import faiss
 import numpy as np
 from numpy.typing import NDArray
 
@@ -40,13 +42,23 @@ class HammingIndex(DenseRowIndex):
         return [q[i : i + step] for q in queries for i in range(0, len(q), step)]
 
     def _distances(self, query: bytes, n: int) -> NDArray[np.int32]:
-        q = np.frombuffer(query, dtype=np.uint64)
-        if self.codes_per_item == 1:
-            counts: NDArray[np.int32] = np.bitwise_count(self._rows[:n] ^ q).sum(
-                axis=1, dtype=np.int32
-            )
-            return counts
-        items = self._rows[:n].reshape(n, self.codes_per_item, self._words)
-        per_code = np.bitwise_count(items ^ q).sum(axis=2, dtype=np.int32)
-        best: NDArray[np.int32] = per_code.min(axis=1)
+        return self._distances_to_any([query], n)
+
+    def _distances_to_any(self, parts: list[bytes], n: int) -> NDArray[np.int32]:
+        # One call for all query codes: faiss spreads them over its threads.
+        queries = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
+        codes = np.ascontiguousarray(self._rows[:n]).view(np.uint8)
+        per_code = n * self.codes_per_item
+        out = np.empty((len(parts), per_code), dtype=np.int32)
+        faiss.hammings(  # type: ignore[attr-defined]
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(codes),
+            len(parts),
+            per_code,
+            self.code_bytes,
+            faiss.swig_ptr(out),
+        )
+        best: NDArray[np.int32] = out.min(axis=0) if len(parts) > 1 else out[0]
+        if self.codes_per_item > 1:
+            best = best.reshape(n, self.codes_per_item).min(axis=1)
         return best

@@ -384,3 +384,28 @@ def test_engines_fit_the_search_structure_protocol(tmp_path: Path) -> None:
         assert reopened.load() == 1100
         assert [(n.image_id, n.distance) for n in reopened.search(q, 10)] == before
     store.close()
+
+
+def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> None:
+    """A snapshot another engine wrote is not loadable: the store of record fills the new one."""
+    store = FeatureStore(tmp_path / "lmdb")
+    data = clustered(np.random.default_rng(15), 800)
+    exact = FeatureIndex(
+        store, "clip", ExactVectorIndex(DIM, Metric.COSINE), snapshot_dir=tmp_path / "snap"
+    )
+    record = ImageRecord(bucket="b", key="k.jpg")
+    exact.apply([Upsert(f"img-{i}", data[i].tobytes(), record) for i in range(800)], {})
+    assert exact.checkpoint()
+    q = [data[42].tobytes()]
+    want = [n.image_id for n in exact.search(q, 5)]
+
+    fetch = partial(store.vector, "clip")
+    graph = make_ann_index("faiss-hnsw-sq8", DIM, fetch_exact=fetch, train_size=300)
+    assert isinstance(graph, FaissHnswIndex)
+    switched = FeatureIndex(store, "clip", graph, snapshot_dir=tmp_path / "snap")
+    assert switched.load() == 800
+    assert [n.image_id for n in switched.search(q, 5)] == want
+    assert switched.checkpoint()  # written with the new engine from now on
+    again = FeatureIndex(store, "clip", graph.empty_like(graph), snapshot_dir=tmp_path / "snap")
+    assert again.load() == 800
+    store.close()

@@ -72,3 +72,25 @@ def test_best_of_several_queries_wins() -> None:
 
 def test_empty_index_returns_nothing() -> None:
     assert HammingIndex(8).search([bytes(8)], 3) == []
+
+
+def test_large_index_with_gaps_and_exclusions_matches_brute_force_with_ties() -> None:
+    # Enough rows for the block-minimum bound; short codes so that many rows tie.
+    rng = np.random.default_rng(11)
+    index = HammingIndex(8, capacity=16)
+    truth: dict[str, bytes] = {}
+    for i in range(60_000):
+        code = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        index.upsert(f"img-{i:05d}", code)
+        truth[f"img-{i:05d}"] = code
+    for i in rng.choice(60_000, 5_000, replace=False):
+        assert index.remove(f"img-{i:05d}")
+        del truth[f"img-{i:05d}"]
+    for _ in range(5):
+        query = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        excluded = [i for i, _ in brute_force(truth, query, 3)]
+        kept = {i: c for i, c in truth.items() if i not in excluded}
+        got = index.search([query], 25, exclude=excluded)
+        assert got == [(i, float(d)) for i, d in brute_force(kept, query, 25)]
+        limited = index.search([query], 25, max_distance=got[4][1], exclude=excluded)
+        assert limited == [(i, d) for i, d in got if d <= got[4][1]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import structlog
 
@@ -30,7 +31,13 @@ async def run_indexer(
         spec.name: FeatureIndex(
             store,
             spec.index_name,
-            make_structure(spec.metric, spec.dim, spec.codes_per_item),
+            make_structure(
+                spec.metric,
+                spec.dim,
+                spec.codes_per_item,
+                settings.vector_index,
+                fetch_exact=partial(store.vector, spec.index_name),
+            ),
             snapshot_dir=snapshots / spec.index_name,
         )
         for spec in features

@@ -1,0 +1,855 @@
+"""Index scale: approximate float-vector indexes, ChromaDB and Hamming search at scale.
+
+    # everything at 100k vectors (ANN engines + ChromaDB) and 10M Hamming codes
+    .venv/bin/python -m bench.index_scale
+    # the real size for the chosen engines, ChromaDB at the largest size that fits the time
+    .venv/bin/python -m bench.index_scale --n 1000000 \
+        --engines hnsw,faiss-hnsw-sq8,faiss-hnsw-sq8+rerank --chroma-n 200000 --parts ann,chroma
+    # Hamming only
+    .venv/bin/python -m bench.index_scale --parts hamming --hamming-n 10000000
+
+Data (synthetic, like the project's notes): 48 latent dimensions with a decaying spectrum
+(std of latent i ~ i^-decay) projected to 512 by a fixed random matrix, plus isotropic noise,
+unit-normalised. 1,000 held-out queries from the same distribution; ground truth is the exact
+top-10 by inner product (faiss IndexFlatIP, computed chunk by chunk). Ids look like image keys.
+
+Every engine runs in a fresh subprocess, so its resident-memory delta (RSS after building
+minus RSS before, from /proc/self/statm; 'anon' leaves out file-backed pages such as LMDB's
+memory map) is not polluted by the others or by the data set. Inserts: bulk `upsert_many` in
+batches on 2 threads, then the last `--single-upserts` vectors through the one-at-a-time
+`upsert` of the SearchStructure protocol. Queries: one at a time through `search()`, on one
+thread, k=10; ef (hnswlib) / efSearch (faiss) is raised along a ladder until recall@10 reaches
+`--target-recall`, and the latencies are from a second pass at that ef. Checkpoint: `save()`
+size and time; load-to-serving: a fresh process loading the checkpoint and answering its first
+query. '+rerank' engines re-rank with exact vectors read from an LMDB FeatureStore (written
+once per data set), as the indexer would.
+
+ChromaDB: embedded `PersistentClient`, cosine space, the same vectors and queries, batches of
+its maximum batch size; its ef_search is raised along the same ladder (from its default 100).
+Restart = a fresh process opening the client and collection and answering one query.
+
+Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingIndex (exact
+XOR + popcount in numpy) and in faiss IndexBinaryFlat; query p50/p99 over random codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+DIM = 512
+LATENT = 48
+K = 10
+INDEX_NAME = "clip"
+ENGINES = ("exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8", "faiss-hnsw-sq8+rerank")
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MB = 1024 * 1024
+
+Result = dict[str, Any]
+
+
+# -- measuring --
+
+
+def rss() -> tuple[int, int]:
+    """(resident bytes, resident anonymous bytes) of this process."""
+    with open("/proc/self/statm") as f:
+        fields = f.read().split()
+    resident, shared = int(fields[1]), int(fields[2])
+    return resident * PAGE, (resident - shared) * PAGE
+
+
+def peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def settled_rss() -> tuple[int, int]:
+    gc.collect()
+    return rss()
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def recall_at_k(found: Sequence[Sequence[str]], truth: NDArray[np.int64]) -> float:
+    hits = 0
+    for got, want in zip(found, truth, strict=True):
+        hits += len(set(got) & {image_id(int(i)) for i in want[:K]})
+    return hits / (K * len(truth))
+
+
+class Progress:
+    """Prints 'label done/total (rate/s, eta)' to stderr every few percent or 30 s."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total = label, total
+        self.start = self.last = time.perf_counter()
+        self.next_pct = 5.0
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        pct_done = 100.0 * done / max(self.total, 1)
+        if pct_done < self.next_pct and now - self.last < 30 and done < self.total:
+            return
+        self.next_pct = pct_done + 5.0
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        print(
+            f"  [{self.label}] {done:,}/{self.total:,} ({pct_done:.0f}%) "
+            f"{rate:,.0f}/s, eta {eta:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# -- data --
+
+
+def image_id(i: int) -> str:
+    return f"photos/{i:08d}.jpg"
+
+
+class DataSet:
+    """Vectors on disk (raw float32), queries and ground truth; generated once per parameters."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.meta: dict[str, Any] = json.loads((root / "meta.json").read_text())
+        self.n: int = self.meta["n"]
+
+    @property
+    def base_path(self) -> Path:
+        return self.root / "base.f32"
+
+    def queries(self) -> NDArray[np.float32]:
+        q: NDArray[np.float32] = np.load(self.root / "queries.npy")
+        return q
+
+    def truth(self) -> NDArray[np.int64]:
+        t: NDArray[np.int64] = np.load(self.root / "truth.npy")
+        return t
+
+    def chunks(
+        self, batch: int, stop: int | None = None, start: int = 0
+    ) -> Iterator[tuple[int, NDArray[np.float32]]]:
+        stop = self.n if stop is None else stop
+        with open(self.base_path, "rb") as f:
+            f.seek(start * DIM * 4)
+            for first in range(start, stop, batch):
+                rows = min(batch, stop - first)
+                chunk = np.fromfile(f, dtype=np.float32, count=rows * DIM).reshape(rows, DIM)
+                yield first, chunk
+
+
+def generator(seed: int, decay: float, noise: float) -> Callable[[int, int], NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    projection = (rng.standard_normal((LATENT, DIM)) / np.sqrt(LATENT)).astype(np.float32)
+    scale = np.arange(1, LATENT + 1, dtype=np.float64) ** -decay
+    scale = (scale * np.sqrt(LATENT / np.sum(scale**2))).astype(np.float32)
+
+    def make(stream: int, rows: int) -> NDArray[np.float32]:
+        r = np.random.default_rng([seed, stream])
+        latent = r.standard_normal((rows, LATENT), dtype=np.float32) * scale
+        x: NDArray[np.float32] = latent @ projection
+        x += noise * r.standard_normal((rows, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    return make
+
+
+def prepare_data(root: Path, n: int, queries: int, seed: int, decay: float, noise: float) -> None:
+    import faiss
+
+    meta = {"n": n, "queries": queries, "seed": seed, "decay": decay, "noise": noise, "dim": DIM}
+    if (root / "meta.json").exists() and json.loads((root / "meta.json").read_text()) == meta:
+        print(f"data set: reusing {root}", file=sys.stderr)
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    make = generator(seed, decay, noise)
+    q = make(0, queries)
+    batch = 100_000
+    best_sim = np.full((queries, K), -np.inf, dtype=np.float32)
+    best_ids = np.full((queries, K), -1, dtype=np.int64)
+    progress = Progress("generate + ground truth", n)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    with open(root / "base.f32", "wb") as f:
+        for chunk_no, first in enumerate(range(0, n, batch)):
+            rows = min(batch, n - first)
+            x = make(1 + chunk_no, rows)
+            x.tofile(f)
+            flat = faiss.IndexFlatIP(DIM)
+            flat.add(x)
+            sim, ids = flat.search(q, K)
+            sims = np.concatenate([best_sim, sim], axis=1)
+            idx = np.concatenate([best_ids, ids + first], axis=1)
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :K]
+            best_sim = np.take_along_axis(sims, order, axis=1)
+            best_ids = np.take_along_axis(idx, order, axis=1)
+            progress.update(first + rows)
+    np.save(root / "queries.npy", q)
+    np.save(root / "truth.npy", best_ids)
+    (root / "meta.json").write_text(json.dumps(meta))
+
+
+def prepare_lmdb(data: DataSet, path: Path) -> None:
+    """The store of record the '+rerank' engines read exact vectors from."""
+    from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
+
+    done = path / "complete.json"
+    if done.exists() and json.loads(done.read_text()) == data.meta:
+        print(f"LMDB store: reusing {path}", file=sys.stderr)
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    store = FeatureStore(path)
+    progress = Progress("LMDB store of record", data.n)
+    for first, chunk in data.chunks(20_000):
+        changes = [
+            Upsert(
+                image_id(first + row),
+                chunk[row].tobytes(),
+                ImageRecord(bucket="photos", key=f"{first + row:08d}.jpg"),
+            )
+            for row in range(len(chunk))
+        ]
+        store.apply(INDEX_NAME, changes, {})
+        progress.update(first + len(chunk))
+    store.close()
+    done.write_text(json.dumps(data.meta))
+
+
+# -- ANN engines (worker side) --
+
+
+def open_fetch(engine: str, work: Path) -> Callable[[str], bytes | None] | None:
+    if not engine.endswith("+rerank"):
+        return None
+    from index_store.lmdb_store import FeatureStore
+
+    store = FeatureStore(work / "lmdb", readonly=True)
+    return lambda i: store.vector(INDEX_NAME, i)
+
+
+def new_index(engine: str, fetch: Callable[[str], bytes | None] | None) -> Any:
+    from index_store.ann_index import make_ann_index
+    from index_store.metric import Metric
+
+    kind = engine.removesuffix("+rerank")
+    if kind == "exact":
+        return make_ann_index("exact", DIM, Metric.COSINE, capacity=1024)
+    return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch)
+
+
+def set_ef(index: Any, ef: int) -> None:
+    if hasattr(index, "ef_search"):
+        index.ef_search = ef
+
+
+def run_queries(index: Any, queries: NDArray[np.float32]) -> tuple[list[float], list[list[str]]]:
+    raw = [q.tobytes() for q in queries]
+    latencies: list[float] = []
+    found: list[list[str]] = []
+    for q in raw:
+        t = time.perf_counter()
+        got = index.search([q], K)
+        latencies.append(time.perf_counter() - t)
+        found.append([i for i, _ in got])
+    return latencies, found
+
+
+def tune(
+    index: Any, engine: str, queries: NDArray[np.float32], truth: NDArray[np.int64], target: float
+) -> Result:
+    """Raise ef until recall@10 >= target; latencies from a second pass at that ef."""
+    ladder: list[dict[str, float]] = []
+    if engine == "exact":
+        chosen: int | None = None
+    else:
+        chosen = EF_LADDER[-1]
+        for ef in EF_LADDER:
+            set_ef(index, ef)
+            lat, found = run_queries(index, queries)
+            r = recall_at_k(found, truth)
+            ladder.append({"ef": ef, "recall": r, "p50_ms": pct(lat, 50) * 1e3})
+            print(f"  [{engine}] ef={ef} recall@10={r:.4f}", file=sys.stderr, flush=True)
+            if r >= target:
+                chosen = ef
+                break
+        set_ef(index, chosen)
+    lat, found = run_queries(index, queries)
+    return {
+        "ef": chosen,
+        "recall": recall_at_k(found, truth),
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "ladder": ladder,
+    }
+
+
+def worker_build(args: argparse.Namespace) -> Result:
+    import faiss
+
+    from index_store.ann_index import HnswIndex
+
+    data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
+    queries, truth = data.queries(), data.truth()
+    fetch = open_fetch(engine, work)
+    base_rss, base_anon = settled_rss()
+    base_peak = peak_rss()
+    index = new_index(engine, fetch)
+    if isinstance(index, HnswIndex):
+        index.add_threads = 2
+    faiss.omp_set_num_threads(2)
+    single = min(args.single_upserts, data.n // 10)
+    bulk_n = data.n - single
+    progress = Progress(f"{engine} insert", data.n)
+    t0 = time.perf_counter()
+    for first, chunk in data.chunks(args.batch, stop=bulk_n):
+        ids = [image_id(first + r) for r in range(len(chunk))]
+        if hasattr(index, "upsert_many"):
+            index.upsert_many(ids, chunk)
+        else:
+            for image, row in zip(ids, chunk, strict=True):
+                index.upsert(image, row.tobytes())
+        progress.update(first + len(chunk))
+    bulk_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for first, chunk in data.chunks(single, start=bulk_n):
+        for r in range(len(chunk)):
+            index.upsert(image_id(first + r), chunk[r].tobytes())
+    single_s = time.perf_counter() - t0
+    progress.update(data.n)
+    built_rss, built_anon = settled_rss()
+    result: Result = {
+        "engine": engine,
+        "n": data.n,
+        "bulk_rate": bulk_n / bulk_s,
+        "single_rate": single / single_s if single else float("nan"),
+        "build_s": bulk_s + single_s,
+        "rss_mb": (built_rss - base_rss) / MB,
+        "anon_mb": (built_anon - base_anon) / MB,
+        "peak_mb": (peak_rss() - max(base_peak, base_rss)) / MB,
+    }
+    faiss.omp_set_num_threads(1)
+    result.update(tune(index, engine, queries, truth, args.target_recall))
+    served_rss, served_anon = settled_rss()
+    result["served_rss_mb"] = (served_rss - base_rss) / MB
+    result["served_anon_mb"] = (served_anon - base_anon) / MB
+    if hasattr(index, "save"):
+        ckpt = work / "checkpoints" / engine
+        shutil.rmtree(ckpt, ignore_errors=True)
+        ckpt.mkdir(parents=True)
+        t0 = time.perf_counter()
+        index.save(ckpt)
+        result["save_s"] = time.perf_counter() - t0
+        result["ckpt_mb"] = sum(p.stat().st_size for p in ckpt.iterdir()) / MB
+        result["checkpoint"] = str(ckpt)
+    return result
+
+
+def worker_load(args: argparse.Namespace) -> Result:
+    import faiss
+
+    from index_store.ann_index import load_ann_index
+    from index_store.exact_vector_index import ExactVectorIndex
+
+    data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
+    queries, truth = data.queries(), data.truth()
+    fetch = open_fetch(engine, work)
+    faiss.omp_set_num_threads(1)
+    q0 = queries[0].tobytes()
+    base_rss, base_anon = settled_rss()
+    t0 = time.perf_counter()
+    index: Any
+    if engine == "exact":
+        index = ExactVectorIndex.load(Path(args.checkpoint))
+    else:
+        index = load_ann_index(Path(args.checkpoint), fetch_exact=fetch)
+    index.search([q0], K)
+    serve_s = time.perf_counter() - t0
+    loaded_rss, loaded_anon = settled_rss()
+    _, found = run_queries(index, queries)
+    return {
+        "load_s": serve_s,
+        "load_rss_mb": (loaded_rss - base_rss) / MB,
+        "load_anon_mb": (loaded_anon - base_anon) / MB,
+        "load_recall": recall_at_k(found, truth),
+        "load_len": len(index),
+    }
+
+
+# -- ChromaDB (worker side) --
+
+
+def chroma_client(path: Path) -> Any:
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
+def chroma_queries(
+    collection: Any, queries: NDArray[np.float32]
+) -> tuple[list[float], list[list[str]]]:
+    latencies: list[float] = []
+    found: list[list[str]] = []
+    for q in queries:
+        t = time.perf_counter()
+        got = collection.query(query_embeddings=q[None, :], n_results=K, include=["distances"])
+        latencies.append(time.perf_counter() - t)
+        found.append(list(got["ids"][0]))
+    return latencies, found
+
+
+def worker_chroma_build(args: argparse.Namespace) -> Result:
+    import chromadb
+
+    data, work = DataSet(Path(args.data)), Path(args.work)
+    n = min(args.chroma_n or data.n, data.n)
+    queries, truth = data.queries(), chroma_truth(data, n)
+    path = work / "chroma"
+    shutil.rmtree(path, ignore_errors=True)
+    base_rss, base_anon = settled_rss()
+    base_peak = peak_rss()
+    client = chroma_client(path)
+    collection = client.create_collection("bench", configuration={"hnsw": {"space": "cosine"}})
+    batch = min(args.batch, int(client.get_max_batch_size()))
+    progress = Progress("chroma insert", n)
+    t0 = time.perf_counter()
+    for first, chunk in data.chunks(batch, stop=n):
+        collection.add(ids=[image_id(first + r) for r in range(len(chunk))], embeddings=chunk)
+        progress.update(first + len(chunk))
+    insert_s = time.perf_counter() - t0
+    built_rss, built_anon = settled_rss()
+    result: Result = {
+        "engine": f"chromadb {chromadb.__version__}",
+        "n": n,
+        "bulk_rate": n / insert_s,
+        "rss_mb": (built_rss - base_rss) / MB,
+        "anon_mb": (built_anon - base_anon) / MB,
+        "peak_mb": (peak_rss() - max(base_peak, base_rss)) / MB,
+        "count": collection.count(),
+    }
+    lat, found = chroma_queries(collection, queries)
+    result["default_ef_recall"] = recall_at_k(found, truth)
+    chosen = 100
+    ladder = [{"ef": 100, "recall": result["default_ef_recall"], "p50_ms": pct(lat, 50) * 1e3}]
+    for ef in (e for e in EF_LADDER if e > 100):
+        if ladder[-1]["recall"] >= args.target_recall:
+            break
+        collection.modify(configuration={"hnsw": {"ef_search": ef}})
+        lat, found = chroma_queries(collection, queries)
+        chosen = ef
+        ladder.append({"ef": ef, "recall": recall_at_k(found, truth), "p50_ms": pct(lat, 50) * 1e3})
+        print(f"  [chroma] ef={ef} recall@10={ladder[-1]['recall']:.4f}", file=sys.stderr)
+    lat, found = chroma_queries(collection, queries)
+    served_rss, served_anon = settled_rss()
+    result.update(
+        {
+            "ef": chosen,
+            "recall": recall_at_k(found, truth),
+            "p50_ms": pct(lat, 50) * 1e3,
+            "p99_ms": pct(lat, 99) * 1e3,
+            "ladder": ladder,
+            "served_rss_mb": (served_rss - base_rss) / MB,
+            "served_anon_mb": (served_anon - base_anon) / MB,
+            "disk_mb": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / MB,
+        }
+    )
+    return result
+
+
+def chroma_truth(data: DataSet, n: int) -> NDArray[np.int64]:
+    """Ground truth over the first n vectors (ChromaDB may run on a prefix of the data)."""
+    if n == data.n:
+        return data.truth()
+    import faiss
+
+    flat = faiss.IndexFlatIP(DIM)
+    for _, chunk in data.chunks(100_000, stop=n):
+        flat.add(chunk)
+    _, ids = flat.search(data.queries(), K)
+    out: NDArray[np.int64] = ids.astype(np.int64)
+    return out
+
+
+def worker_chroma_reopen(args: argparse.Namespace) -> Result:
+    data, work = DataSet(Path(args.data)), Path(args.work)
+    n = min(args.chroma_n or data.n, data.n)
+    queries, truth = data.queries(), chroma_truth(data, n)
+    base_rss, base_anon = settled_rss()
+    t0 = time.perf_counter()
+    collection = chroma_client(work / "chroma").get_collection("bench")
+    collection.query(query_embeddings=queries[:1], n_results=K)
+    reopen_s = time.perf_counter() - t0
+    loaded_rss, loaded_anon = settled_rss()
+    _, found = chroma_queries(collection, queries)
+    return {
+        "load_s": reopen_s,
+        "load_rss_mb": (loaded_rss - base_rss) / MB,
+        "load_anon_mb": (loaded_anon - base_anon) / MB,
+        "load_recall": recall_at_k(found, truth),
+        "load_ef": collection.configuration["hnsw"]["ef_search"],
+    }
+
+
+# -- Hamming (worker side) --
+
+
+def worker_hamming(args: argparse.Namespace) -> Result:
+    import faiss
+
+    from index_store.hamming_index import HammingIndex
+
+    n, code_bytes = args.hamming_n, 72
+    rng = np.random.default_rng(args.seed)
+    base_rss, _ = settled_rss()
+    index = HammingIndex(code_bytes)
+    binary = faiss.IndexBinaryFlat(code_bytes * 8)
+    progress = Progress("hamming insert", n)
+    insert_s = 0.0
+    for first in range(0, n, 200_000):
+        codes = rng.integers(0, 256, (min(200_000, n - first), code_bytes), dtype=np.uint8)
+        t1 = time.perf_counter()
+        for r in range(len(codes)):
+            index.upsert(image_id(first + r), codes[r].tobytes())
+        insert_s += time.perf_counter() - t1
+        binary.add(codes)
+        progress.update(first + len(codes))
+    ours_rss, _ = settled_rss()
+    queries = rng.integers(0, 256, (args.hamming_queries, code_bytes), dtype=np.uint8)
+    result: Result = {
+        "n": n,
+        "insert_rate": n / insert_s,
+        "rss_mb": (ours_rss - base_rss) / MB,
+        "rows": [],
+    }
+
+    def timed(label: str, threads: int, search: Callable[[int], list[int]]) -> list[list[int]]:
+        faiss.omp_set_num_threads(threads)
+        search(0)  # warm-up
+        lat: list[float] = []
+        dists: list[list[int]] = []
+        for i in range(len(queries)):
+            t = time.perf_counter()
+            dists.append(search(i))
+            lat.append(time.perf_counter() - t)
+            if i % 10 == 9:
+                print(f"  [hamming] {label}: {i + 1} queries", file=sys.stderr, flush=True)
+        result["rows"].append(
+            {"engine": label, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
+        )
+        return dists
+
+    def ours(i: int) -> list[int]:
+        return [int(d) for _, d in index.search([queries[i].tobytes()], K)]
+
+    def ours_pair(i: int) -> list[int]:  # an image and its mirror: two codes per request
+        pair = [queries[i].tobytes(), queries[(i + 1) % len(queries)].tobytes()]
+        return [int(d) for _, d in index.search(pair, K)]
+
+    def faiss_flat(i: int) -> list[int]:
+        d, _ = binary.search(queries[i : i + 1], K)
+        return [int(x) for x in d[0]]
+
+    a = timed("HammingIndex (numpy), 1 code/query", 1, ours)
+    timed("HammingIndex (numpy), 2 codes/query", 1, ours_pair)
+    b = timed("faiss IndexBinaryFlat, 1 thread", 1, faiss_flat)
+    timed("faiss IndexBinaryFlat, 2 threads", 2, faiss_flat)
+    result["same_distances"] = a == b
+    return result
+
+
+# -- parent: orchestration and tables --
+
+
+def run_worker(args: argparse.Namespace, role: str, extra: list[str]) -> Result:
+    out = Path(args.work) / f"result-{role}-{time.time_ns()}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.index_scale",
+        "--worker",
+        role,
+        "--result",
+        str(out),
+        "--data",
+        str(args.data),
+        "--work",
+        str(args.work),
+        "--batch",
+        str(args.batch),
+        "--single-upserts",
+        str(args.single_upserts),
+        "--target-recall",
+        str(args.target_recall),
+        "--chroma-n",
+        str(args.chroma_n or 0),
+        "--hamming-n",
+        str(args.hamming_n),
+        "--hamming-queries",
+        str(args.hamming_queries),
+        "--seed",
+        str(args.seed),
+        *extra,
+    ]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0:
+        print(f"worker {role} {extra} failed with exit code {proc.returncode}", file=sys.stderr)
+        return {"failed": proc.returncode}
+    result: Result = json.loads(out.read_text())
+    out.unlink()
+    print(f"  {role} {' '.join(extra)}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return result
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and not np.isfinite(value):
+        return "n/a"
+    return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def print_ann_tables(rows: list[Result]) -> None:
+    print("\n### Build and query (k=10, queries single-thread, one at a time)\n")
+    print(
+        "| engine | n | insert/s bulk (2 thr) | insert/s single upsert | ef | recall@10 "
+        "| p50 ms | p99 ms | RSS Δ MB (anon) | RSS Δ after queries MB (anon) | peak Δ MB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if "failed" in r:
+            print(f"| {r['engine']} | failed (exit {r['failed']}) |" + " |" * 9)
+            continue
+        print(
+            f"| {r['engine']} | {r['n']:,} | {fmt(r['bulk_rate'])} | {fmt(r.get('single_rate'))} "
+            f"| {fmt(r['ef'], 'd')} | {r['recall']:.4f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
+            f"| {r['rss_mb']:,.0f} ({r['anon_mb']:,.0f}) "
+            f"| {r['served_rss_mb']:,.0f} ({r['served_anon_mb']:,.0f}) | {r['peak_mb']:,.0f} |"
+        )
+    print("\n### Checkpoint and restart\n")
+    print(
+        "| engine | checkpoint MB | save s | load-to-serving s | RSS Δ after load MB (anon) "
+        "| recall@10 after load |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if "failed" in r or "save_s" not in r:
+            print(f"| {r['engine']} | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        load = r.get("load", {})
+        if "failed" in load or not load:
+            print(f"| {r['engine']} | {r['ckpt_mb']:,.0f} | {r['save_s']:.2f} | failed | | |")
+            continue
+        print(
+            f"| {r['engine']} | {r['ckpt_mb']:,.0f} | {r['save_s']:.2f} | {load['load_s']:.2f} "
+            f"| {load['load_rss_mb']:,.0f} ({load['load_anon_mb']:,.0f}) "
+            f"| {load['load_recall']:.4f} |"
+        )
+    print("\n### ef ladder (recall@10 and p50 while tuning, 1,000 queries each)\n")
+    print("| engine | ef: recall@10 / p50 ms |")
+    print("| --- | --- |")
+    for r in rows:
+        if r.get("ladder"):
+            steps = ", ".join(
+                f"{s['ef']:.0f}: {s['recall']:.3f} / {s['p50_ms']:.2f}" for s in r["ladder"]
+            )
+            print(f"| {r['engine']} | {steps} |")
+
+
+def print_chroma_table(chroma: Result, ours: Result | None) -> None:
+    print(f"\n### ChromaDB ({chroma['engine']}, embedded PersistentClient, cosine) vs ours\n")
+    if ours is not None and ours.get("n") != chroma["n"]:
+        print(f"ChromaDB ran on the first {chroma['n']:,} vectors, ours on {ours['n']:,}.\n")
+    head = f"ours: {ours['engine']}" if ours else "ours"
+    print(f"| metric | ChromaDB | {head} | ChromaDB / ours |")
+    print("| --- | --- | --- | --- |")
+    load = chroma.get("load", {})
+    our_load = (ours or {}).get("load", {})
+    rows: list[tuple[str, Any, Any, str]] = [
+        ("vectors", chroma["n"], (ours or {}).get("n"), ",d"),
+        ("insert/s (bulk)", chroma["bulk_rate"], (ours or {}).get("bulk_rate"), ",.0f"),
+        ("ef_search used", chroma["ef"], (ours or {}).get("ef"), "d"),
+        ("recall@10 at ChromaDB default ef (100)", chroma["default_ef_recall"], None, ".4f"),
+        ("recall@10", chroma["recall"], (ours or {}).get("recall"), ".4f"),
+        ("query p50 ms", chroma["p50_ms"], (ours or {}).get("p50_ms"), ".3f"),
+        ("query p99 ms", chroma["p99_ms"], (ours or {}).get("p99_ms"), ".3f"),
+        ("RSS Δ after build MB", chroma["rss_mb"], (ours or {}).get("rss_mb"), ",.0f"),
+        (
+            "RSS Δ after queries MB",
+            chroma["served_rss_mb"],
+            (ours or {}).get("served_rss_mb"),
+            ",.0f",
+        ),
+        ("on disk MB", chroma["disk_mb"], (ours or {}).get("ckpt_mb"), ",.0f"),
+        ("restart: open + first query s", load.get("load_s"), our_load.get("load_s"), ".2f"),
+        ("RSS Δ after restart MB", load.get("load_rss_mb"), our_load.get("load_rss_mb"), ",.0f"),
+        ("recall@10 after restart", load.get("load_recall"), our_load.get("load_recall"), ".4f"),
+    ]
+    for label, theirs, mine, spec in rows:
+        ratio = ""
+        if isinstance(theirs, int | float) and isinstance(mine, int | float) and mine:
+            ratio = f"{theirs / mine:.2f}x"
+        print(f"| {label} | {fmt(theirs, spec)} | {fmt(mine, spec)} | {ratio} |")
+    if "load_ef" in load:
+        print(f"\nef_search after reopening the collection: {load['load_ef']}")
+
+
+def print_hamming_table(h: Result) -> None:
+    print(f"\n### Hamming: {h['n']:,} random 576-bit codes (72 bytes), k=10\n")
+    print(
+        f"HammingIndex: {h['insert_rate']:,.0f} upserts/s; RSS Δ {h['rss_mb']:,.0f} MB for "
+        f"HammingIndex + IndexBinaryFlat together; same top-10 distances: {h['same_distances']}\n"
+    )
+    print("| engine | query p50 ms | query p99 ms |")
+    print("| --- | --- | --- |")
+    for r in h["rows"]:
+        print(f"| {r['engine']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+
+
+def environment() -> str:
+    import faiss
+    import hnswlib
+
+    try:
+        import chromadb
+
+        chroma = chromadb.__version__
+    except ImportError:
+        chroma = "not installed"
+    load = os.getloadavg()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus; python "
+        f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
+        f"hnswlib {getattr(hnswlib, '__version__', '0.8')}, chromadb {chroma}; "
+        f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100_000, help="float vectors")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {ENGINES}")
+    parser.add_argument("--parts", default="ann,chroma,hamming", help="ann, chroma, hamming")
+    parser.add_argument("--skip-chroma", action="store_true")
+    parser.add_argument("--chroma-n", type=int, default=0, help="ChromaDB vectors (0: --n)")
+    parser.add_argument("--hamming-n", type=int, default=10_000_000)
+    parser.add_argument("--hamming-queries", type=int, default=30)
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--batch", type=int, default=5000, help="bulk insert batch")
+    parser.add_argument("--single-upserts", type=int, default=2000)
+    parser.add_argument("--decay", type=float, default=0.3, help="latent spectrum decay")
+    parser.add_argument("--noise", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", default="", help="kept (and reused) when given")
+    parser.add_argument("--json", default="", help="also write all results here")
+    # worker-only
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--data", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--work", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        roles: dict[str, Callable[[argparse.Namespace], Result]] = {
+            "build": worker_build,
+            "load": worker_load,
+            "chroma-build": worker_chroma_build,
+            "chroma-reopen": worker_chroma_reopen,
+            "hamming": worker_hamming,
+        }
+        Path(args.result).write_text(json.dumps(roles[args.worker](args)))
+        return
+
+    parts = set(args.parts.split(","))
+    if args.skip_chroma:
+        parts.discard("chroma")
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}; choose from {ENGINES}")
+    own_workdir = not args.workdir
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="index-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    args.data = str(work / f"data-{args.n}-{args.seed}")
+    print(f"## Index scale ({environment()})", flush=True)
+    print(f"\n`{' '.join(['python -m bench.index_scale', *sys.argv[1:]])}`", flush=True)
+    results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}}
+    started = time.perf_counter()
+    try:
+        if parts & {"ann", "chroma"}:
+            prepare_data(Path(args.data), args.n, args.queries, args.seed, args.decay, args.noise)
+            print(
+                f"\nData: {args.n:,} x {DIM} float32 ({args.n * DIM * 4 / MB:,.0f} MB), "
+                f"{args.queries:,} queries; latent {LATENT} dims, decay {args.decay}, "
+                f"noise {args.noise}, seed {args.seed}.",
+                flush=True,
+            )
+        rows: list[Result] = []
+        if "ann" in parts:
+            data = DataSet(Path(args.data))
+            if any(e.endswith("+rerank") for e in engines):
+                prepare_lmdb(data, work / "lmdb")
+            for engine in engines:
+                print(f"\n# engine {engine}", file=sys.stderr, flush=True)
+                row = run_worker(args, "build", ["--engine", engine])
+                row.setdefault("engine", engine)
+                if "checkpoint" in row:
+                    row["load"] = run_worker(
+                        args, "load", ["--engine", engine, "--checkpoint", row["checkpoint"]]
+                    )
+                rows.append(row)
+            results["ann"] = rows
+            print_ann_tables(rows)
+        if "chroma" in parts:
+            chroma = run_worker(args, "chroma-build", [])
+            if "failed" not in chroma:
+                chroma["load"] = run_worker(args, "chroma-reopen", [])
+                ok = [r for r in rows if "failed" not in r and r.get("engine") != "exact"]
+                ours = next((r for r in ok if r["engine"] == "faiss-hnsw-sq8+rerank"), None)
+                print_chroma_table(chroma, ours or (ok[0] if ok else None))
+            results["chroma"] = chroma
+        if "hamming" in parts:
+            hamming = run_worker(args, "hamming", [])
+            if "failed" not in hamming:
+                print_hamming_table(hamming)
+            results["hamming"] = hamming
+    finally:
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(f"\nTotal {time.perf_counter() - started:.0f}s; {environment()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
