@@ -76,6 +76,12 @@ def make_structure(
     if metric is Metric.HAMMING:
         return HammingIndex(dim // 8 // codes_per_item, codes_per_item=codes_per_item)
     if metric is Metric.COSINE:
+        if vector_index.startswith("faiss-"):
+            # Never compact inside an upsert (that would hold searches for the whole graph
+            # rebuild): FeatureIndex.compact_if_needed rebuilds off the lock and swaps.
+            return make_ann_index(
+                vector_index, dim, metric, fetch_exact=fetch_exact, compact_fraction=None
+            )
         return make_ann_index(vector_index, dim, metric, fetch_exact=fetch_exact)
     return ExactVectorIndex(dim, metric)
 
@@ -97,6 +103,7 @@ class FeatureIndex:
         self._applied_seq = 0  # store change number that memory reflects
         self._checkpointed_seq = -1
         self._rebuild_from: int | None = None
+        self._one_rebuild = threading.Lock()  # an operator's rebuild and a compaction
 
     def __len__(self) -> int:
         return len(self._index)
@@ -186,6 +193,14 @@ class FeatureIndex:
         Changes applied meanwhile are in the store's change log: replayed into the new
         structure under the lock, just before the swap, so nothing is lost.
         """
+        with self._one_rebuild:
+            return self._rebuild(vectors, progress)
+
+    def _rebuild(
+        self,
+        vectors: Iterable[tuple[str, bytes]],
+        progress: Callable[[int], None] | None,
+    ) -> int:
         started_at = self._store.seq(self.name)
         self._rebuild_from = started_at  # checkpoints keep the change log from here on
         fresh = type(self._index).empty_like(self._index)
@@ -204,6 +219,16 @@ class FeatureIndex:
             self._rebuild_from = None
         log.info("index.rebuilt", index=self.name, images=len(fresh))
         return len(fresh)
+
+    def compact_if_needed(self, fraction: float = 0.25, minimum: int = 1_000) -> bool:
+        """Rebuild from the store once removed or replaced vectors left too many tombstones
+        in an engine that cannot delete in place (faiss HNSW); searches go on meanwhile."""
+        tombstones = int(getattr(self._index, "tombstones", 0))
+        if tombstones <= max(minimum, fraction * len(self)):
+            return False
+        log.info("index.compacting", index=self.name, tombstones=tombstones, images=len(self))
+        self.rebuild(self._store.vectors(self.name))
+        return True
 
     def code_of(self, image_id: str) -> bytes | None:
         with self._lock:

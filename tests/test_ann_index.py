@@ -20,7 +20,7 @@ from index_store.ann_index import (
     make_ann_index,
 )
 from index_store.exact_vector_index import ExactVectorIndex
-from index_store.feature_index import FeatureIndex, SearchStructure
+from index_store.feature_index import FeatureIndex, SearchStructure, make_structure
 from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
 from index_store.metric import Metric
 
@@ -408,4 +408,26 @@ def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> N
     assert switched.checkpoint()  # written with the new engine from now on
     again = FeatureIndex(store, "clip", graph.empty_like(graph), snapshot_dir=tmp_path / "snap")
     assert again.load() == 800
+    store.close()
+
+
+def test_compaction_rebuilds_from_the_store_and_keeps_answering(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "lmdb")
+    data = clustered(np.random.default_rng(16), 3000)
+    graph = make_structure(
+        Metric.COSINE, DIM, vector_index="faiss-hnsw-sq8", fetch_exact=partial(store.vector, "c")
+    )
+    assert isinstance(graph, FaissHnswIndex)
+    graph.train_size = 500
+    index = FeatureIndex(store, "c", graph)
+    record = ImageRecord(bucket="b", key="k.jpg")
+    index.apply([Upsert(f"img-{i}", data[i].tobytes(), record) for i in range(3000)], {})
+    index.apply([Delete(f"img-{i}") for i in range(0, 3000, 2)], {})  # 1,500 tombstones
+    assert graph.tombstones == 1500  # not compacted inside the delete
+    q = [data[1].tobytes()]
+    before = [n.image_id for n in index.search(q, 10)]
+    assert index.compact_if_needed()
+    assert not index.compact_if_needed()
+    assert [n.image_id for n in index.search(q, 10)] == before
+    assert len(index) == 1500
     store.close()

@@ -97,4 +97,6 @@ async def checkpoint_periodically(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
         if not stop.is_set():
+            for index in indexes.values():
+                await asyncio.to_thread(index.compact_if_needed)
             await checkpoint_all(indexes)
