@@ -101,3 +101,62 @@ def test_rebuild_keeps_changes_applied_while_it_ran(tmp_path: Path) -> None:
     found = {n.image_id for n in index.search(codes(1, 6), 100)}
     assert found == expected_ids
     store.close()
+
+
+# A writer that indexes batches and checkpoints after each one, until it is killed.
+WRITER = """
+import sys
+from pathlib import Path
+import numpy as np
+from index_store.feature_index import FeatureIndex
+from index_store.hamming_index import HammingIndex
+from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
+
+root = Path(sys.argv[1])
+store = FeatureStore(root / "store")
+index = FeatureIndex(store, "h", HammingIndex(72), snapshot_dir=root / "snapshots" / "h")
+index.load()
+rng = np.random.default_rng(0)
+done = store.offsets().get("t/0", 0)
+while True:
+    batch = [
+        Upsert(f"i{done + n}", rng.integers(0, 256, 72, dtype=np.uint8).tobytes(),
+               ImageRecord(bucket="b", key=str(done + n)))
+        for n in range(3000)
+    ]
+    done += len(batch)
+    index.apply(batch, {"t/0": done})
+    index.checkpoint()
+"""
+
+
+def test_kill_9_during_checkpoints_loses_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    caught_mid_checkpoint = 0
+    for _ in range(20):
+        repo = Path(__file__).resolve().parent.parent
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=repo)
+        deadline = time.monotonic() + 30
+        snapshots = tmp_path / "snapshots" / "h"
+        while time.monotonic() < deadline:  # wait until a snapshot is being written
+            if snapshots.is_dir() and any(p.name.startswith(".tmp-") for p in snapshots.iterdir()):
+                break
+            time.sleep(0.001)
+        writer.kill()
+        writer.wait()
+        if snapshots.is_dir() and any(p.name.startswith(".tmp-") for p in snapshots.iterdir()):
+            caught_mid_checkpoint += 1
+        if caught_mid_checkpoint >= 2:
+            break
+    assert caught_mid_checkpoint >= 2  # the kills really landed inside checkpoints
+
+    store = FeatureStore(tmp_path / "store")
+    index = FeatureIndex(store, "h", HammingIndex(72), snapshot_dir=tmp_path / "snapshots" / "h")
+    indexed = store.offsets()["t/0"]
+    assert index.load() == indexed == store.count("h")  # offsets match what is indexed
+    for image_id, code in store.vectors("h"):
+        assert index.code_of(image_id) == code
+    store.close()
