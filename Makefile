@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch + torchvision pinned as a pair: this pair loads together (see shared NOTES).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo up test lint bench clean
+.PHONY: install demo up test lint bench-deps clean
 
 $(BIN)/lookalike: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
+
+# Extra packages only the benchmarks compare against (ChromaDB in bench/index_scale.py).
+bench-deps: install
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 
 clean:
 	rm -rf .lookalike .pytest_cache .mypy_cache
