@@ -45,17 +45,30 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from schemas.settings import Settings
+
 DIM = 512
 LATENT = 48
 K = 10
 INDEX_NAME = "clip"
-ENGINES = ("exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8", "faiss-hnsw-sq8+rerank")
+ENGINES = (
+    "exact",
+    "hnsw",
+    "faiss-hnsw",
+    "faiss-hnsw-sq8",
+    "faiss-hnsw-sq8+rerank",
+    "faiss-hnsw-sq8+pca+rerank",
+)
+# '+pca': the graph holds PCA projections of the product's default size
+# (LOOKALIKE_VECTOR_REDUCE_DIM)
+PCA_DIM: int = Settings.model_fields["vector_reduce_dim"].default
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
@@ -242,22 +255,25 @@ def prepare_lmdb(data: DataSet, path: Path) -> None:
 # -- ANN engines (worker side) --
 
 
-def open_fetch(engine: str, work: Path) -> Callable[[str], bytes | None] | None:
+def open_fetch(engine: str, work: Path) -> Callable[[Sequence[str]], list[bytes | None]] | None:
     if not engine.endswith("+rerank"):
         return None
     from index_store.lmdb_store import FeatureStore
 
     store = FeatureStore(work / "lmdb", readonly=True)
-    return lambda i: store.vector(INDEX_NAME, i)
+    return partial(store.vectors_of, INDEX_NAME)
 
 
-def new_index(engine: str, fetch: Callable[[str], bytes | None] | None) -> Any:
+def new_index(engine: str, fetch: Callable[[Sequence[str]], list[bytes | None]] | None) -> Any:
     from index_store.ann_index import make_ann_index
     from index_store.metric import Metric
 
     kind = engine.removesuffix("+rerank")
     if kind == "exact":
         return make_ann_index("exact", DIM, Metric.COSINE, capacity=1024)
+    if kind.endswith("+pca"):
+        kind = kind.removesuffix("+pca")
+        return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch, reduce_to=PCA_DIM)
     return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch)
 
 
@@ -409,7 +425,7 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
     store = FeatureStore(work / "lmdb", readonly=True)
     index = FeatureIndex(
-        store, INDEX_NAME, new_index(engine, lambda i: store.vector(INDEX_NAME, i))
+        store, INDEX_NAME, new_index(engine, partial(store.vectors_of, INDEX_NAME))
     )
     faiss.omp_set_num_threads(2)
     progress = Progress(f"{engine} rebuild from store", data.n)
@@ -417,6 +433,8 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     count = index.rebuild(store.vectors(INDEX_NAME), progress.update)
     seconds = time.perf_counter() - t0
     faiss.omp_set_num_threads(1)
+    if args.ef:  # the beam width the build run tuned
+        set_ef(index.structure, args.ef)
     found = [[n.image_id for n in index.search([q.tobytes()], K)] for q in data.queries()[:200]]
     return {
         "rebuild_s": seconds,
@@ -797,6 +815,10 @@ def main() -> None:
     parser.add_argument("--parts", default="ann,chroma,hamming", help="ann, chroma, hamming")
     parser.add_argument("--skip-chroma", action="store_true")
     parser.add_argument("--chroma-n", type=int, default=0, help="ChromaDB vectors (0: --n)")
+    parser.add_argument(
+        "--chroma-from", help="reuse the ChromaDB results of an earlier --json run (same data)"
+    )
+    parser.add_argument("--ef", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--hamming-n", type=int, default=10_000_000)
     parser.add_argument("--hamming-queries", type=int, default=30)
     parser.add_argument("--target-recall", type=float, default=0.95)
@@ -870,16 +892,23 @@ def main() -> None:
                         args, "load", ["--engine", engine, "--checkpoint", row["checkpoint"]]
                     )
                 if engine.endswith("+rerank") and args.rebuild:
-                    row["rebuild"] = run_worker(args, "rebuild", ["--engine", engine])
+                    tuned = ["--ef", str(row["ef"])] if row.get("ef") else []
+                    row["rebuild"] = run_worker(args, "rebuild", ["--engine", engine, *tuned])
                 rows.append(row)
             results["ann"] = rows
             print_ann_tables(rows)
-        if "chroma" in parts:
-            chroma = run_worker(args, "chroma-build", [])
+        if "chroma" in parts or args.chroma_from:
+            if args.chroma_from:  # an earlier run on the same data set and machine
+                chroma = json.loads(Path(args.chroma_from).read_text())["chroma"]
+                print(f"\nChromaDB rows from {args.chroma_from} (same data set).")
+            else:
+                chroma = run_worker(args, "chroma-build", [])
+                if "failed" not in chroma:
+                    chroma["load"] = run_worker(args, "chroma-reopen", [])
             if "failed" not in chroma:
-                chroma["load"] = run_worker(args, "chroma-reopen", [])
                 ok = [r for r in rows if "failed" not in r and r.get("engine") != "exact"]
-                ours = next((r for r in ok if r["engine"] == "faiss-hnsw-sq8+rerank"), None)
+                preferred = ("faiss-hnsw-sq8+pca+rerank", "faiss-hnsw-sq8+rerank")
+                ours = next((r for e in preferred for r in ok if r["engine"] == e), None)
                 print_chroma_table(chroma, ours or (ok[0] if ok else None))
             results["chroma"] = chroma
         if "hamming" in parts:

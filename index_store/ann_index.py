@@ -13,7 +13,7 @@ vectors travel as raw float32 bytes, distances are cosine distances (1 - dot), s
   `IDSelector` inside the graph search (removed ids are never returned), and once tombstones
   exceed `compact_fraction` of the live count the graph is rebuilt from the live vectors
   (amortised: a rebuild of L vectors happens at most once per `compact_fraction * L` deletes).
-  With `fetch_exact` (e.g. ``lambda i: store.vector(index, i)``, the LMDB store of record) the
+  With `fetch_exact` (e.g. ``partial(store.vectors_of, index)``, the LMDB store of record) the
   top `rerank * k` candidates are re-ranked with their exact float32 vectors, so the quantised
   graph keeps the recall of a float32 one and returns exact distances. The 8-bit quantiser is
   trained on the first `train_size` vectors; below that the index is a small exact one.
@@ -46,12 +46,18 @@ from typing import Any, ClassVar, Literal, Self, cast
 import faiss
 import hnswlib
 import numpy as np
+import structlog
 from numpy.typing import NDArray
 
 from index_store.exact_vector_index import ExactVectorIndex
 from index_store.metric import Metric
+from index_store.pca import PcaProjection
 
-FetchExact = Callable[[str], bytes | None]
+log = structlog.get_logger(__name__)
+
+# Exact float32 bytes of images by id, None where absent; one call per batch of ids (a store
+# read transaction per id would cost more than the re-ranking it serves).
+FetchExact = Callable[[Sequence[str]], list[bytes | None]]
 Storage = Literal["sq8", "flat"]
 Candidates = tuple[NDArray[np.int64], NDArray[np.float32]]
 
@@ -363,20 +369,26 @@ class FaissHnswIndex(_GraphIndex):
         *,
         storage: Storage = "sq8",
         m: int = 32,
-        ef_construction: int = 100,
+        ef_construction: int = 200,
         ef_search: int = DEFAULT_EF_FAISS,
         fetch_exact: FetchExact | None = None,
         rerank: int = 4,
         train_size: int = 10_000,
         compact_fraction: float | None = 0.25,
         compact_min: int = 1_000,
+        reduce_to: int | None = None,
     ) -> None:
         """`fetch_exact`: float32 bytes of a live image (store of record), for re-ranking the top
         `rerank * k` candidates and for rebuilding; `compact_fraction=None`: never compact by
-        itself (call `compact()` when convenient)."""
+        itself (call `compact()` when convenient); `reduce_to`: the graph holds PCA projections
+        of this many dimensions (fitted on the first `train_size` vectors), not the vectors."""
         _require_cosine(metric)
         if storage not in ("sq8", "flat"):
             raise ValueError(f"unknown storage {storage!r}")
+        if reduce_to is not None and not 0 < reduce_to < dim:
+            raise ValueError(f"reduce_to must be between 1 and {dim - 1}, got {reduce_to}")
+        if reduce_to is not None and train_size <= reduce_to:
+            raise ValueError(f"train_size {train_size} is too small to fit {reduce_to} components")
         super().__init__(dim, "faiss-hnsw-sq8" if storage == "sq8" else "faiss-hnsw")
         self.storage: Storage = storage
         self.m = m
@@ -386,7 +398,9 @@ class FaissHnswIndex(_GraphIndex):
             fetch_exact = self._bound_fetch[0]
         self.fetch_exact = fetch_exact
         self.rerank = rerank
-        self.train_size = train_size if storage == "sq8" else 0
+        self.reduce_to = reduce_to
+        self._pca: PcaProjection | None = None
+        self.train_size = train_size if storage == "sq8" or reduce_to else 0
         self.compact_fraction = compact_fraction
         self.compact_min = compact_min
         self.compactions = 0
@@ -486,10 +500,12 @@ class FaissHnswIndex(_GraphIndex):
         if label is None:
             return None
         if self.fetch_exact is not None:
-            exact = self.fetch_exact(image_id)
+            exact = self.fetch_exact([image_id])[0]
             if exact is not None:
                 return exact
         values: NDArray[np.float32] = self._graph.reconstruct(label)
+        if self._pca is not None:
+            values = self._pca.restore(values[None, :])[0]
         return values.astype(np.float32).tobytes()
 
     def compact(self) -> None:
@@ -497,30 +513,35 @@ class FaissHnswIndex(_GraphIndex):
         if self._staging is not None:
             return
         live = [(label, i) for label, i in enumerate(self._id_of) if i is not None]
-        old_graph = self._graph
-        retrain = self.storage == "sq8" and self.fetch_exact is not None
+        old_graph, old_pca = self._graph, self._pca
+        retrain = self.train_size > 0 and self.fetch_exact is not None
         chunk = 50_000
 
         def vectors_of(part: list[tuple[int, str]]) -> NDArray[np.float32]:
+            """Original-space vectors: exact from the store, else decoded from the old graph."""
             labels = np.array([label for label, _ in part], dtype=np.int64)
             out: NDArray[np.float32] = old_graph.reconstruct_batch(labels)
+            if old_pca is not None:
+                out = old_pca.restore(out)
             if self.fetch_exact is not None:
-                for row, (_, image_id) in enumerate(part):
-                    exact = self.fetch_exact(image_id)
+                found = self.fetch_exact([image_id for _, image_id in part])
+                for row, exact in enumerate(found):
                     if exact is not None and len(exact) == 4 * self.dim:
                         out[row] = np.frombuffer(exact, dtype=np.float32)
             return out
 
-        graph = self._new_graph()
-        if self.storage == "sq8":
-            if retrain and live:
-                sample = live[:: max(1, len(live) // self.train_size)][: self.train_size]
-                graph.train(vectors_of(sample))
-            else:  # decoded codes re-encode to themselves only under the same quantiser
-                _copy_quantiser(old_graph, graph)
+        graph, pca = self._new_graph(), old_pca
+        if retrain and len(live) >= self.train_size:
+            sample = vectors_of(live[:: max(1, len(live) // self.train_size)][: self.train_size])
+            if self.reduce_to is not None:
+                pca = self._fit_projection(sample)
+            if self.storage == "sq8":
+                graph.train(_projected(pca, sample))
+        elif self.storage == "sq8":  # decoded codes re-encode to themselves only under the same
+            _copy_quantiser(old_graph, graph)  # quantiser (and the same projection)
         for start in range(0, len(live), chunk):
-            graph.add(vectors_of(live[start : start + chunk]))
-        self._graph = graph
+            graph.add(_projected(pca, vectors_of(live[start : start + chunk])))
+        self._graph, self._pca = graph, pca
         self._restore_ids([i for _, i in live])
         self._tombstones = 0
         self._live_bits = np.zeros(max(128, _bitmap_bytes(len(live)) * 2), dtype=np.uint8)
@@ -530,15 +551,30 @@ class FaissHnswIndex(_GraphIndex):
     # -- internals --
 
     def _new_graph(self) -> Any:
-        metric = faiss.METRIC_INNER_PRODUCT
+        # A projected graph searches by L2 (see pca.py); for unit vectors the order is cosine's.
+        metric = faiss.METRIC_INNER_PRODUCT if self.reduce_to is None else faiss.METRIC_L2
+        dim = self.reduce_to or self.dim
         graph: Any
         if self.storage == "sq8":
             qtype: Any = faiss.ScalarQuantizer.QT_8bit
-            graph = faiss.IndexHNSWSQ(self.dim, qtype, self.m, metric)
+            graph = faiss.IndexHNSWSQ(dim, qtype, self.m, metric)
         else:
-            graph = faiss.IndexHNSWFlat(self.dim, self.m, metric)
+            graph = faiss.IndexHNSWFlat(dim, self.m, metric)
         graph.hnsw.efConstruction = self.ef_construction
         return graph
+
+    def _fit_projection(self, sample: NDArray[np.float32]) -> PcaProjection:
+        assert self.reduce_to is not None
+        pca = PcaProjection.fit(sample, self.reduce_to)
+        log.info(
+            "index.projection_fitted",
+            dims=f"{self.dim}->{self.reduce_to}",
+            variance_kept=round(pca.variance_kept, 4),
+            vectors=len(sample),
+        )
+        if pca.variance_kept < 0.9:  # the graph misses neighbours; re-ranking cannot find them
+            log.warning("index.projection_loses_variance", variance_kept=pca.variance_kept)
+        return pca
 
     def _leave_staging(self) -> None:
         staging = self._staging
@@ -548,15 +584,17 @@ class FaissHnswIndex(_GraphIndex):
             [np.frombuffer(staging.code_of(i) or b"", dtype=np.float32) for i in ids]
         )
         self._graph = self._new_graph()
+        if self.reduce_to is not None:
+            self._pca = self._fit_projection(vectors)
         if self.storage == "sq8":
-            self._graph.train(vectors)
+            self._graph.train(_projected(self._pca, vectors))
         self._staging = None
         self._staged = {}
         self._append(ids, vectors)
 
     def _append(self, ids: list[str], vectors: NDArray[np.float32]) -> None:
         first = len(self._id_of)
-        self._graph.add(vectors)
+        self._graph.add(_projected(self._pca, vectors))
         for offset, image_id in enumerate(ids):
             self._label_of[image_id] = first + offset
         self._id_of.extend(ids)
@@ -609,14 +647,20 @@ class FaissHnswIndex(_GraphIndex):
         if self._tombstones:
             selector = faiss.IDSelectorBitmap(self._live_bits.size, faiss.swig_ptr(self._live_bits))
             params.sel = selector
+        projected = _projected(self._pca, queries)
         with _one_omp_thread():
-            sims, labels = self._graph.search(queries, count, params=params)
+            scores, labels = self._graph.search(projected, count, params=params)
         del selector
-        dists: NDArray[np.float32] = (1.0 - sims).astype(np.float32)
+        dists: NDArray[np.float32]
+        if self._pca is None:  # inner products
+            dists = (1.0 - scores).astype(np.float32)
+        else:  # squared L2 of unit vectors = 2 * cosine distance (approximate: projected)
+            dists = (0.5 * scores).astype(np.float32)
         return labels.astype(np.int64).ravel(), dists.ravel()
 
     def _candidates(self, queries: NDArray[np.float32], want: int) -> Candidates:
-        if self.fetch_exact is None or self.rerank <= 1 or self.storage == "flat":
+        exact_in_graph = self.storage == "flat" and self._pca is None
+        if self.fetch_exact is None or self.rerank <= 1 or exact_in_graph:
             return self._graph_candidates(queries, want)
         labels, approx = self._graph_candidates(queries, min(want * self.rerank, len(self)))
         keep = labels >= 0
@@ -626,9 +670,8 @@ class FaissHnswIndex(_GraphIndex):
             return unique, approx[:0]
         rows = np.empty((unique.size, self.dim), dtype=np.float32)
         missing: list[int] = []
-        for row, label in enumerate(unique.tolist()):
-            image_id = self._id_of[label]
-            exact = None if image_id is None else self.fetch_exact(image_id)
+        ids = [self._id_of[label] or "" for label in unique.tolist()]  # "": a tombstone, absent
+        for row, exact in enumerate(self.fetch_exact(ids)):
             if exact is None or len(exact) != 4 * self.dim:
                 missing.append(row)  # store and index disagree for a moment: keep the estimate
                 rows[row] = 0.0
@@ -649,6 +692,7 @@ class FaissHnswIndex(_GraphIndex):
             "train_size": self.train_size,
             "compact_fraction": self.compact_fraction,
             "compact_min": self.compact_min,
+            "reduce_to": self.reduce_to,
         }
 
     def _write_data(self, data_file: Callable[[str], Path]) -> dict[str, Any]:
@@ -661,6 +705,8 @@ class FaissHnswIndex(_GraphIndex):
                 np.save(f, matrix)
             return {"staged_ids": ids}
         faiss.write_index(self._graph, str(data_file("graph")))
+        if self._pca is not None:
+            self._pca.save(data_file("pca.npz"))
         return {}
 
     @classmethod
@@ -692,6 +738,10 @@ class FaissHnswIndex(_GraphIndex):
         index._staging = None
         index._staged = {}
         index._graph = faiss.read_index(str(directory / files["graph"]))
+        if "pca.npz" in files:
+            index._pca = PcaProjection.load(directory / files["pca.npz"])
+        elif index.reduce_to is not None:
+            raise ValueError(f"{directory}: a reduced graph without its projection")
         index._restore_ids(ids)
         index._tombstones = sum(1 for i in ids if i is None)
         index._live_bits = np.zeros(max(128, 2 * _bitmap_bytes(len(ids))), dtype=np.uint8)
@@ -708,6 +758,10 @@ def _one_omp_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def _projected(pca: PcaProjection | None, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    return vectors if pca is None else pca.project(vectors)
 
 
 def _bitmap_bytes(labels: int) -> int:

@@ -66,12 +66,14 @@ def make_structure(
     codes_per_item: int = 1,
     vector_index: str = DEFAULT_KIND,
     fetch_exact: FetchExact | None = None,
+    reduce_dim: int = 0,
 ) -> SearchStructure:
     """dim: bits for Hamming (all codes of an item), floats otherwise.
 
     Cosine vectors get the approximate engine `vector_index` (see ann_index.py), re-ranked
     with exact vectors from `fetch_exact` (the store of record) where the engine quantises;
-    other float metrics (L1 colour histograms) are searched exactly.
+    faiss graphs hold `reduce_dim`-d PCA projections when 0 < reduce_dim < dim (and the store
+    re-ranks). Other float metrics (L1 colour histograms) are searched exactly.
     """
     if metric is Metric.HAMMING:
         return HammingIndex(dim // 8 // codes_per_item, codes_per_item=codes_per_item)
@@ -79,8 +81,14 @@ def make_structure(
         if vector_index.startswith("faiss-"):
             # Never compact inside an upsert (that would hold searches for the whole graph
             # rebuild): FeatureIndex.compact_if_needed rebuilds off the lock and swaps.
+            reduce = 0 < reduce_dim < dim and fetch_exact is not None
             return make_ann_index(
-                vector_index, dim, metric, fetch_exact=fetch_exact, compact_fraction=None
+                vector_index,
+                dim,
+                metric,
+                fetch_exact=fetch_exact,
+                compact_fraction=None,
+                reduce_to=reduce_dim if reduce else None,
             )
         return make_ann_index(vector_index, dim, metric, fetch_exact=fetch_exact)
     return ExactVectorIndex(dim, metric)
@@ -107,6 +115,11 @@ class FeatureIndex:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    @property
+    def structure(self) -> SearchStructure:
+        """The in-memory structure serving searches now (a rebuild swaps in a new one)."""
+        return self._index
 
     def load(self) -> int:
         """From the newest snapshot plus the changes after it, or else from the whole store."""
@@ -136,10 +149,20 @@ class FeatureIndex:
         """None when the snapshot was written by another engine or format (the configured
         engine changed, or an older version wrote it): the store rebuilds it instead."""
         try:
-            return type(self._index).load(path)
+            loaded = type(self._index).load(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("index.snapshot_unusable", index=self.name, path=str(path), error=str(exc))
             return None
+        configured, found = (getattr(s, "reduce_to", None) for s in (self._index, loaded))
+        if configured != found:
+            log.warning(
+                "index.snapshot_unusable",
+                index=self.name,
+                path=str(path),
+                error=f"graph projected to {found} dimensions, configured {configured}",
+            )
+            return None
+        return loaded
 
     def checkpoint(self) -> bool:
         """Snapshot the in-memory structure if it changed since the last one."""

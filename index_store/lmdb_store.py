@@ -116,6 +116,13 @@ class FeatureStore:
             for k, v in txn.cursor():
                 yield bytes(k).decode(), bytes(v)
 
+    def vectors_of(self, index: str, image_ids: Sequence[str]) -> list[bytes | None]:
+        """Vectors of `image_ids` (None where absent) read in one transaction: re-ranking
+        fetches dozens per query, and a transaction per id costs more than the reads."""
+        with self._env.begin(db=self._db(f"vec:{index}"), buffers=True) as txn:
+            found = [txn.get(i.encode()) for i in image_ids]
+            return [None if v is None else bytes(v) for v in found]
+
     def vector(self, index: str, image_id: str) -> bytes | None:
         with self._env.begin(db=self._db(f"vec:{index}")) as txn:
             value = txn.get(image_id.encode())

@@ -50,10 +50,12 @@ def write(
     _fsync_all(tmp)
     os.replace(tmp / f"{MANIFEST}.part", tmp / MANIFEST)
     final = directory / f"{seq:012d}"
-    if final.exists():  # same seq checkpointed again: keep the one already complete
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, final)
+    if final.exists():
+        # Same seq checkpointed again, e.g. by another engine after a configuration change
+        # (the old snapshot is unusable to it). A directory cannot be replaced in one step: a
+        # crash between these two renames leaves no snapshot, and the store rebuilds the index.
+        os.replace(final, directory / f".old-{seq}-{uuid.uuid4().hex[:8]}")
+    os.replace(tmp, final)
     _fsync_dir(directory)
     for old in directory.iterdir():  # earlier snapshots and leftovers of crashed ones
         if old != final:

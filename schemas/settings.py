@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "faiss-hnsw-sq8",
         description="engine for cosine vectors (CLIP); SQ8 is re-ranked exactly from LMDB",
     )
+    vector_reduce_dim: int = Field(
+        64,
+        ge=0,
+        description="faiss engines: the graph holds PCA projections of this many dimensions "
+        "(0 = full); candidates are re-ranked with the exact vectors",
+    )
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"
 

@@ -4,6 +4,7 @@ never return removed ids, stay bounded under churn, and checkpoint safely."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from structlog.testing import capture_logs
 
 from index_store.ann_index import (
     ANN_KINDS,
@@ -26,7 +28,9 @@ from index_store.metric import Metric
 
 DIM = 64
 # Engine configurations under test; "+rerank" re-ranks SQ8 candidates with exact vectors.
-KINDS = ["hnsw", "faiss-hnsw", "faiss-hnsw-sq8", "faiss-hnsw-sq8+rerank"]
+# "+pca" graphs hold 56-d PCA projections (re-ranked from the store).
+KINDS = ["hnsw", "faiss-hnsw", "faiss-hnsw-sq8", "faiss-hnsw-sq8+rerank", "faiss-hnsw-sq8+pca"]
+PCA_DIM = 56
 
 Index = HnswIndex | FaissHnswIndex
 
@@ -48,12 +52,14 @@ class Store:
     def __init__(self) -> None:
         self.vectors: dict[str, bytes] = {}
 
-    def fetch(self, image_id: str) -> bytes | None:
-        return self.vectors.get(image_id)
+    def fetch(self, image_ids: Sequence[str]) -> list[bytes | None]:
+        return [self.vectors.get(i) for i in image_ids]
 
 
 def build(kind: str, store: Store | None = None, **options: Any) -> Index:
-    if kind == "faiss-hnsw-sq8+rerank":
+    if kind == "faiss-hnsw-sq8+pca":
+        options = {"reduce_to": PCA_DIM, **options}
+    if kind in ("faiss-hnsw-sq8+rerank", "faiss-hnsw-sq8+pca"):
         assert store is not None
         index = make_ann_index(
             "faiss-hnsw-sq8", DIM, Metric.COSINE, fetch_exact=store.fetch, **options
@@ -362,7 +368,7 @@ def test_engines_fit_the_search_structure_protocol(tmp_path: Path) -> None:
     data = clustered(rng, 1200)
     for kind in ("hnsw", "faiss-hnsw-sq8"):
         name = f"clip-{kind}"
-        fetch = partial(store.vector, name)
+        fetch = partial(store.vectors_of, name)
         options = {"train_size": 300} if kind == "faiss-hnsw-sq8" else {}
         structure: SearchStructure = make_ann_index(
             kind, DIM, Metric.COSINE, fetch_exact=fetch, **options
@@ -399,7 +405,7 @@ def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> N
     q = [data[42].tobytes()]
     want = [n.image_id for n in exact.search(q, 5)]
 
-    fetch = partial(store.vector, "clip")
+    fetch = partial(store.vectors_of, "clip")
     graph = make_ann_index("faiss-hnsw-sq8", DIM, fetch_exact=fetch, train_size=300)
     assert isinstance(graph, FaissHnswIndex)
     switched = FeatureIndex(store, "clip", graph, snapshot_dir=tmp_path / "snap")
@@ -408,6 +414,21 @@ def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> N
     assert switched.checkpoint()  # written with the new engine from now on
     again = FeatureIndex(store, "clip", graph.empty_like(graph), snapshot_dir=tmp_path / "snap")
     assert again.load() == 800
+    # Turning on the PCA projection: the unprojected snapshot is not reused either.
+    projected = make_ann_index(
+        "faiss-hnsw-sq8", DIM, fetch_exact=fetch, train_size=300, reduce_to=PCA_DIM
+    )
+    assert isinstance(projected, FaissHnswIndex)
+    reduced = FeatureIndex(store, "clip", projected, snapshot_dir=tmp_path / "snap")
+    with capture_logs() as logs:
+        assert reduced.load() == 800
+    unusable = [e for e in logs if e["event"] == "index.snapshot_unusable"]
+    assert unusable
+    assert f"projected to None dimensions, configured {PCA_DIM}" in unusable[0]["error"]
+    assert any(e["event"] == "index.loaded" and e["source"] == "store" for e in logs)
+    assert [n.image_id for n in reduced.search(q, 5)] == want
+    assert reduced.checkpoint()
+    assert FeatureIndex(store, "clip", projected.empty_like(projected), tmp_path / "snap").load()
     store.close()
 
 
@@ -415,7 +436,10 @@ def test_compaction_rebuilds_from_the_store_and_keeps_answering(tmp_path: Path) 
     store = FeatureStore(tmp_path / "lmdb")
     data = clustered(np.random.default_rng(16), 3000)
     graph = make_structure(
-        Metric.COSINE, DIM, vector_index="faiss-hnsw-sq8", fetch_exact=partial(store.vector, "c")
+        Metric.COSINE,
+        DIM,
+        vector_index="faiss-hnsw-sq8",
+        fetch_exact=partial(store.vectors_of, "c"),
     )
     assert isinstance(graph, FaissHnswIndex)
     graph.train_size = 500
@@ -431,3 +455,36 @@ def test_compaction_rebuilds_from_the_store_and_keeps_answering(tmp_path: Path) 
     assert [n.image_id for n in index.search(q, 10)] == before
     assert len(index) == 1500
     store.close()
+
+
+def test_projected_graph_keeps_cosine_order_when_vectors_share_a_direction() -> None:
+    # CLIP-like: every vector leans on one common direction, so centring (which PCA does)
+    # changes inner products; the projected graph must still rank by cosine.
+    rng = np.random.default_rng(21)
+    common = unit(rng.standard_normal(DIM).astype(np.float32))
+    data = unit(2.0 * common + clustered(rng, 3000))
+    twin = Twin("faiss-hnsw-sq8+pca")
+    twin.upsert_many([f"img-{i}" for i in range(len(data))], data)
+    ann = twin.ann
+    assert isinstance(ann, FaissHnswIndex) and ann.trained
+    queries = unit(2.0 * common + clustered(np.random.default_rng(22), 50))
+    assert twin.recall(queries) >= 0.95
+    for q in queries[:5]:  # re-ranked: the distances are the exact ones
+        got = ann.search([q.tobytes()], 5)
+        want = dict(twin.exact.search([q.tobytes()], 50))
+        for image_id, distance in got:
+            assert distance == pytest.approx(want[image_id], abs=1e-5)
+
+
+def test_projection_is_refitted_by_compaction_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    twin = churned("faiss-hnsw-sq8+pca", n=2000, compact_fraction=None)
+    ann = twin.ann
+    assert isinstance(ann, FaissHnswIndex) and ann.tombstones > 0
+    queries = clustered(np.random.default_rng(23), 30)
+    ann.compact()
+    assert ann.tombstones == 0 and ann.compactions == 1
+    assert twin.recall(queries) >= 0.9
+    ann.save(tmp_path / "snapshot")
+    loaded = type(ann).load(tmp_path / "snapshot")
+    assert loaded.reduce_to == PCA_DIM
+    assert results(loaded, queries) == results(ann, queries)

@@ -36,7 +36,8 @@ async def run_indexer(
                 spec.dim,
                 spec.codes_per_item,
                 settings.vector_index,
-                fetch_exact=partial(store.vector, spec.index_name),
+                fetch_exact=partial(store.vectors_of, spec.index_name),
+                reduce_dim=settings.vector_reduce_dim,
             ),
             snapshot_dir=snapshots / spec.index_name,
         )
