@@ -2,9 +2,10 @@
 
     # everything at 100k vectors (ANN engines + ChromaDB) and 10M Hamming codes
     .venv/bin/python -m bench.index_scale
-    # the real size for the chosen engines, ChromaDB at the largest size that fits the time
+    # the real size (BENCHMARKS.md has the exact commands run)
     .venv/bin/python -m bench.index_scale --n 1000000 \
-        --engines hnsw,faiss-hnsw-sq8,faiss-hnsw-sq8+rerank --chroma-n 200000 --parts ann,chroma
+        --engines hnsw,faiss-hnsw-sq8+rerank,faiss-hnsw-sq8+pca+rerank --rebuild \
+        --parts ann,chroma,hamming --hamming-n 10000000 --workdir /tmp/scale-work
     # Hamming only
     .venv/bin/python -m bench.index_scale --parts hamming --hamming-n 10000000
 
@@ -22,14 +23,15 @@ thread, k=10; ef (hnswlib) / efSearch (faiss) is raised along a ladder until rec
 `--target-recall`, and the latencies are from a second pass at that ef. Checkpoint: `save()`
 size and time; load-to-serving: a fresh process loading the checkpoint and answering its first
 query. '+rerank' engines re-rank with exact vectors read from an LMDB FeatureStore (written
-once per data set), as the indexer would.
+once per data set), as the indexer would; '+pca' graphs hold PCA projections of the product's
+default size (LOOKALIKE_VECTOR_REDUCE_DIM).
 
 ChromaDB: embedded `PersistentClient`, cosine space, the same vectors and queries, batches of
 its maximum batch size; its ef_search is raised along the same ladder (from its default 100).
 Restart = a fresh process opening the client and collection and answering one query.
 
-Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingIndex (exact
-XOR + popcount in numpy) and in faiss IndexBinaryFlat; query p50/p99 over random codes.
+Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingIndex (exact,
+faiss's popcount kernel) and in faiss IndexBinaryFlat; query p50/p99 over random codes.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ vectors travel as raw float32 bytes, distances are cosine distances (1 - dot), s
   (amortised: a rebuild of L vectors happens at most once per `compact_fraction * L` deletes).
   With `fetch_exact` (e.g. ``partial(store.vectors_of, index)``, the LMDB store of record) the
   top `rerank * k` candidates are re-ranked with their exact float32 vectors, so the quantised
-  graph keeps the recall of a float32 one and returns exact distances. The 8-bit quantiser is
-  trained on the first `train_size` vectors; below that the index is a small exact one.
+  graph keeps the recall of a float32 one and returns exact distances. With `reduce_to` the
+  graph holds PCA projections (`pca.py`) searched by L2, which is cheaper per visited node;
+  the re-rank restores exact distances. The quantiser and the projection are fitted on the
+  first `train_size` vectors (refitted by `compact`); below that the index is a small exact one.
 
 Checkpoints (`save` / `load_ann_index`): a small JSON manifest names the generation's data files
 (the graph as the library writes it, the id of every internal label, tombstones as nulls). Data
@@ -27,10 +29,11 @@ cleaned up by the next `save`. One writer per checkpoint path (the caller's lock
 
 Thread safety is the caller's (`FeatureIndex` holds one lock around every call).
 
-Why the default (`DEFAULT_KIND`): measured with `bench/index_scale.py` (numbers in
-BENCHMARKS.md): at 1M x 512-d the float32 hnswlib graph alone needs more resident memory than
-the 1.5 GB budget, while the SQ8 graph with exact re-ranking stays well inside it at recall@10
->= 0.95.
+Why the default (`DEFAULT_KIND`, and `Settings.vector_reduce_dim`): measured with
+`bench/index_scale.py` at 1M x 512-d (BENCHMARKS.md). The float32 hnswlib graph needs more
+resident memory than the 1.5 GB budget and ~4 ms per query at recall@10 0.95; the SQ8 graph
+over all 512 dimensions fits in memory but needs ~2.3 ms; over 64-d projections it reaches the
+same recall in well under 1 ms.
 """
 
 from __future__ import annotations
@@ -66,10 +69,11 @@ DEFAULT_KIND = "faiss-hnsw-sq8"
 CHECKPOINT_FORMAT = "lookalike-ann-checkpoint/1"
 MANIFEST = "ann.json"
 
-# Search-time beam widths reaching recall@10 >= 0.95 on 1M synthetic 512-d vectors
-# (bench/index_scale.py; re-tune on real vectors with the same script).
+# Search-time beam widths (bench/index_scale.py on 1M synthetic 512-d vectors; re-tune on real
+# vectors with the same script): faiss, 64-d projections: ef 160 -> recall@10 0.965 (128: 0.947);
+# hnswlib float32 needs 512 for 0.957 there, so its default trades recall for latency.
 DEFAULT_EF_HNSW = 160
-DEFAULT_EF_FAISS = 128
+DEFAULT_EF_FAISS = 160
 
 
 def _require_cosine(metric: Metric) -> None:
