@@ -53,6 +53,7 @@ import structlog
 from numpy.typing import NDArray
 
 from index_store.exact_vector_index import ExactVectorIndex
+from index_store.fsync import fsync_dir, fsync_file
 from index_store.metric import Metric
 from index_store.pca import PcaProjection
 
@@ -181,14 +182,14 @@ class _GraphIndex:
         }
         manifest["files"] = files
         for name in files.values():
-            _fsync_file(directory / name)
+            fsync_file(directory / name)
         tmp = directory / f"{MANIFEST}.tmp-{generation}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, directory / MANIFEST)  # the switch: old or new, never half
-        _fsync_dir(directory)
+        fsync_dir(directory)
         keep = {MANIFEST, *files.values()}
         for stale in directory.glob("ann.*"):  # the previous generation, crashed saves
             if stale.name not in keep:
@@ -790,21 +791,6 @@ def _read_checkpoint(directory: Path, *kinds: str) -> tuple[dict[str, Any], list
     ids_file = directory / manifest["files"]["ids.json"]
     ids: list[str | None] = json.loads(ids_file.read_text(encoding="utf-8"))
     return manifest, ids
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError:  # some filesystems cannot fsync a directory
-        pass
 
 
 # ------------------------------------------------------------------------------------------------

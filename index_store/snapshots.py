@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from index_store.fsync import fsync_dir, fsync_file
+
 MANIFEST = "MANIFEST.json"
 
 
@@ -56,7 +58,7 @@ def write(
         # crash between these two renames leaves no snapshot, and the store rebuilds the index.
         os.replace(final, directory / f".old-{seq}-{uuid.uuid4().hex[:8]}")
     os.replace(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     for old in directory.iterdir():  # earlier snapshots and leftovers of crashed ones
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -66,14 +68,5 @@ def write(
 def _fsync_all(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
-            with path.open("rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_file(path)
+    fsync_dir(directory)
