@@ -195,6 +195,10 @@ class _GraphIndex:
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
 
+    @property
+    def layout(self) -> dict[str, object]:
+        return {"engine": self.kind, "dim": self.dim}
+
     def _params(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -440,6 +444,10 @@ class FaissHnswIndex(_GraphIndex):
     @property
     def trained(self) -> bool:
         return self._staging is None
+
+    @property
+    def layout(self) -> dict[str, object]:
+        return {**super().layout, "reduce_to": self.reduce_to}
 
     # -- writes --
 

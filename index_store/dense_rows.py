@@ -41,6 +41,10 @@ class DenseRowIndex:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict[str, object]:
+        return {"engine": type(self).__name__, **self._params()}
+
     def __len__(self) -> int:
         return len(self._slot_of)
 

@@ -54,6 +54,12 @@ class SearchStructure(Protocol):
         exclude: Iterable[str] = (),
     ) -> Sequence[tuple[str, float]]: ...
     def save(self, directory: Path) -> None: ...
+    @property
+    def layout(self) -> dict[str, object]:
+        """What a snapshot's data means (engine, dimensions, projection): a snapshot of
+        another layout cannot serve this configuration."""
+        ...
+
     @classmethod
     def load(cls, directory: Path) -> Self: ...
     @classmethod
@@ -146,20 +152,19 @@ class FeatureIndex:
         return len(self._index)
 
     def _load_snapshot(self, path: Path) -> SearchStructure | None:
-        """None when the snapshot was written by another engine or format (the configured
-        engine changed, or an older version wrote it): the store rebuilds it instead."""
+        """None when the snapshot was written by another engine, layout or format (the
+        configuration changed, or an older version wrote it): the store rebuilds it instead."""
         try:
             loaded = type(self._index).load(path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("index.snapshot_unusable", index=self.name, path=str(path), error=str(exc))
             return None
-        configured, found = (getattr(s, "reduce_to", None) for s in (self._index, loaded))
-        if configured != found:
+        if loaded.layout != self._index.layout:
             log.warning(
                 "index.snapshot_unusable",
                 index=self.name,
                 path=str(path),
-                error=f"graph projected to {found} dimensions, configured {configured}",
+                error=f"snapshot layout {loaded.layout}, configured {self._index.layout}",
             )
             return None
         return loaded

@@ -424,7 +424,8 @@ def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> N
         assert reduced.load() == 800
     unusable = [e for e in logs if e["event"] == "index.snapshot_unusable"]
     assert unusable
-    assert f"projected to None dimensions, configured {PCA_DIM}" in unusable[0]["error"]
+    assert "'reduce_to': None}, configured" in unusable[0]["error"]
+    assert f"'reduce_to': {PCA_DIM}}}" in unusable[0]["error"]
     assert any(e["event"] == "index.loaded" and e["source"] == "store" for e in logs)
     assert [n.image_id for n in reduced.search(q, 5)] == want
     assert reduced.checkpoint()
