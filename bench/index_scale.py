@@ -397,23 +397,32 @@ def worker_load(args: argparse.Namespace) -> Result:
     fetch = open_fetch(engine, work)
     faiss.omp_set_num_threads(1)
     q0 = queries[0].tobytes()
+
+    def open_and_answer() -> Any:
+        index: Any
+        if engine == "exact":
+            index = ExactVectorIndex.load(Path(args.checkpoint))
+        else:
+            index = load_ann_index(Path(args.checkpoint), fetch_exact=fetch)
+        index.search([q0], K)
+        return index
+
+    index, restart = timed_restart(open_and_answer)
+    _, found = run_queries(index, queries)
+    return {**restart, "load_recall": recall_at_k(found, truth), "load_len": len(index)}
+
+
+def timed_restart(open_and_answer: Callable[[], Any]) -> tuple[Any, Result]:
+    """Restart-to-serving: time and resident memory of opening an index and answering once."""
     base_rss, base_anon = settled_rss()
     t0 = time.perf_counter()
-    index: Any
-    if engine == "exact":
-        index = ExactVectorIndex.load(Path(args.checkpoint))
-    else:
-        index = load_ann_index(Path(args.checkpoint), fetch_exact=fetch)
-    index.search([q0], K)
-    serve_s = time.perf_counter() - t0
-    loaded_rss, loaded_anon = settled_rss()
-    _, found = run_queries(index, queries)
-    return {
-        "load_s": serve_s,
-        "load_rss_mb": (loaded_rss - base_rss) / MB,
-        "load_anon_mb": (loaded_anon - base_anon) / MB,
-        "load_recall": recall_at_k(found, truth),
-        "load_len": len(index),
+    opened = open_and_answer()
+    seconds = time.perf_counter() - t0
+    rss, anon = settled_rss()
+    return opened, {
+        "load_s": seconds,
+        "load_rss_mb": (rss - base_rss) / MB,
+        "load_anon_mb": (anon - base_anon) / MB,
     }
 
 
@@ -544,17 +553,16 @@ def worker_chroma_reopen(args: argparse.Namespace) -> Result:
     data, work = DataSet(Path(args.data)), Path(args.work)
     n = min(args.chroma_n or data.n, data.n)
     queries, truth = data.queries(), chroma_truth(data, n)
-    base_rss, base_anon = settled_rss()
-    t0 = time.perf_counter()
-    collection = chroma_client(work / "chroma").get_collection("bench")
-    collection.query(query_embeddings=queries[:1], n_results=K)
-    reopen_s = time.perf_counter() - t0
-    loaded_rss, loaded_anon = settled_rss()
+
+    def open_and_answer() -> Any:
+        collection = chroma_client(work / "chroma").get_collection("bench")
+        collection.query(query_embeddings=queries[:1], n_results=K)
+        return collection
+
+    collection, restart = timed_restart(open_and_answer)
     _, found = chroma_queries(collection, queries)
     return {
-        "load_s": reopen_s,
-        "load_rss_mb": (loaded_rss - base_rss) / MB,
-        "load_anon_mb": (loaded_anon - base_anon) / MB,
+        **restart,
         "load_recall": recall_at_k(found, truth),
         "load_ef": collection.configuration["hnsw"]["ef_search"],
     }
