@@ -134,15 +134,9 @@ class FeatureIndex:
             loaded = self._load_snapshot(snapshot.path) if snapshot is not None else None
             if snapshot is not None and loaded is not None:
                 self._index = loaded
-                changed = self._store.changed_since(self.name, snapshot.seq)
-                for image_id in changed:
-                    vector = self._store.vector(self.name, image_id)
-                    if vector is None:
-                        self._index.remove(image_id)
-                    else:
-                        self._index.upsert(image_id, vector)
+                changed = self._catch_up(loaded, snapshot.seq)
                 self._checkpointed_seq = snapshot.seq
-                source = f"snapshot {snapshot.seq} + {len(changed)} later changes"
+                source = f"snapshot {snapshot.seq} + {changed} later changes"
             else:
                 self._index = type(self._index).empty_like(self._index)
                 _fill(self._index, self._store.vectors(self.name))
@@ -235,18 +229,25 @@ class FeatureIndex:
         try:
             _fill(fresh, vectors, progress)
             with self._lock:
-                for image_id in self._store.changed_since(self.name, started_at):
-                    current = self._store.vector(self.name, image_id)
-                    if current is None:
-                        fresh.remove(image_id)
-                    else:
-                        fresh.upsert(image_id, current)
+                self._catch_up(fresh, started_at)
                 self._index = fresh
                 self._checkpointed_seq = -1  # the next checkpoint writes the new structure
         finally:
             self._rebuild_from = None
         log.info("index.rebuilt", index=self.name, images=len(fresh))
         return len(fresh)
+
+    def _catch_up(self, structure: SearchStructure, seq: int) -> int:
+        """Apply the store's changes after change number `seq` to `structure`; how many."""
+        changed = list(self._store.changed_since(self.name, seq))
+        for image_id, vector in zip(
+            changed, self._store.vectors_of(self.name, changed), strict=True
+        ):
+            if vector is None:
+                structure.remove(image_id)
+            else:
+                structure.upsert(image_id, vector)
+        return len(changed)
 
     def compact_if_needed(self, fraction: float = 0.25, minimum: int = 1_000) -> bool:
         """Rebuild from the store once removed or replaced vectors left too many tombstones

@@ -1,8 +1,8 @@
 """Exact Hamming search over fixed-length binary codes on faiss's popcount kernel: ~59 ms p50
-per query code over 10M 576-bit codes on one core (bench/index_scale.py, BENCHMARKS.md),
-against ~520 ms for numpy XOR + bitwise_count. faiss's own heap-based IndexBinaryFlat scan
-measured 37-54 ms in the same runs: this index pays for writing every distance out and then
-selecting, which keeps ties, free slots, exclusions and several codes per item exact.
+per query code over 10M 576-bit codes on one core (bench/index_scale.py, BENCHMARKS.md).
+faiss's own heap-based IndexBinaryFlat scan measured 37-54 ms in the same runs: this index
+pays for writing every distance out and then selecting, which keeps ties, free slots,
+exclusions and several codes per item exact.
 
 An item may hold several codes (`codes_per_item`, e.g. hashes of crops and turns of one
 image): its distance to a query is the smallest over all (query code, item code) pairs.
