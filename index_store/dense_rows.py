@@ -1,23 +1,33 @@
 """The part every exact in-memory index shares: one numpy row per image, slots reused.
 
-A subclass says how bytes become a row (`_row`), and how far every row is from one query
-(`_distances`); this class keeps ids and slots, grows the matrix, ranks and saves. A slot
-freed by a delete is handed to the next insert, so churn does not grow memory; a search
-scans rows [0, used) and masks free ones.
+A subclass says how bytes become a row (`_row`), and how far a run of rows is from a query
+(`_scanner`); this class keeps ids and slots, grows the matrix, ranks and saves. A slot
+freed by a delete is handed to the next insert, so churn does not grow memory.
+
+A search scans rows [0, used) a chunk at a time and keeps only what can still make the top k
+(`_NearestPool`): writing millions of distances out and selecting afterwards cost as much as
+computing them, while a chunk's distances stay in cache.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 from numpy.typing import NDArray
 
+# Distances of rows [lo, hi) to the nearest of a search's query parts; the array may be a
+# scratch buffer that the next call overwrites.
+Scanner = Callable[[int, int], NDArray[Any]]
+
 
 class DenseRowIndex:
+    # Rows per scan step; a subclass whose rows hold several codes takes fewer.
+    _scan_rows = 1 << 18
+
     def __init__(self, width: int, dtype: type[np.generic], capacity: int = 1024) -> None:
         self._rows: NDArray[Any] = np.zeros((capacity, width), dtype=dtype)
         self._live = np.zeros(capacity, dtype=bool)
@@ -30,7 +40,7 @@ class DenseRowIndex:
     def _row(self, vector: bytes) -> NDArray[Any]:
         raise NotImplementedError
 
-    def _distances(self, query: bytes, n: int) -> NDArray[Any]:
+    def _scanner(self, parts: list[bytes]) -> Scanner:
         raise NotImplementedError
 
     def _query_parts(self, queries: Sequence[bytes]) -> list[bytes]:
@@ -86,21 +96,17 @@ class DenseRowIndex:
         parts = self._query_parts(queries)
         if n == 0 or not parts or k < 1:
             return []
-        dist = self._distances_to_any(parts, n)
-        masked = self._free + [s for s in map(self._slot_of.get, exclude) if s is not None]
-        dist[masked] = _far(dist.dtype)
-        slots = _nearest_slots(dist, min(k, n), max_distance)
+        scan = self._scanner(parts)
+        excluded = np.array([s for s in map(self._slot_of.get, exclude) if s is not None], np.intp)
+        pool = _NearestPool(k, max_distance)
+        for lo in range(0, n, self._scan_rows):
+            hi = min(n, lo + self._scan_rows)
+            pool.offer(scan(lo, hi), lo, self._live[lo:hi], excluded)
         # Everything as close as the k-th best, then ties broken by id: the same content
         # gives the same answer whatever order it was loaded in.
-        ranked = sorted((float(dist[s]), self._ids[s]) for s in slots.tolist())
-        return [(i, d) for d, i in ranked[:k] if i is not None]
-
-    def _distances_to_any(self, parts: list[bytes], n: int) -> NDArray[Any]:
-        """Distance of rows [0, n) to their nearest query part (a fresh array)."""
-        dist = self._distances(parts[0], n).copy()
-        for q in parts[1:]:
-            np.minimum(dist, self._distances(q, n), out=dist)
-        return dist
+        slots, dists = pool.nearest()
+        ranked = sorted(zip(dists.tolist(), (self._ids[s] for s in slots.tolist()), strict=True))
+        return [(i, float(d)) for d, i in ranked[:k] if i is not None]
 
     def save(self, directory: Path) -> None:
         """Live rows and their ids (compacted: free slots are not saved)."""
@@ -142,34 +148,60 @@ class DenseRowIndex:
         return slot
 
 
-# Rows per block when bounding the k-th distance: block minima are cheap to take, and the
-# k-th smallest of them bounds the k-th smallest distance from above.
-_BLOCK = 1024
+class _NearestPool:
+    """The rows that can still be among the k nearest, fed one scanned chunk at a time.
 
-
-def _far(dtype: np.dtype[Any]) -> float | int:
-    return float("inf") if np.issubdtype(dtype, np.floating) else int(np.iinfo(dtype).max)
-
-
-def _nearest_slots(dist: NDArray[Any], k: int, max_distance: float | None) -> NDArray[np.intp]:
-    """Slots whose distance is at most the k-th smallest (ties included) and `max_distance`.
-
-    A full partition of millions of distances costs more than computing them, so the k-th
-    distance is first bounded from above by the k-th smallest block minimum (at least k rows
-    lie at or under it), and only the rows under that bound are ranked exactly.
+    It keeps every live, not excluded row at or under `bound`: the k-th smallest distance seen
+    so far (ties included), capped by `max_distance`. After the first k rows, a chunk yields
+    only the few rows that beat or tie the bound, so almost all the work is the scan itself.
     """
-    far = _far(dist.dtype)
-    bound: float = far
-    blocks = dist.size // _BLOCK
-    if blocks >= 4 * k:
-        minima = dist[: blocks * _BLOCK].reshape(blocks, _BLOCK).min(axis=1)
-        bound = float(np.partition(minima, k - 1)[k - 1])
-    if max_distance is not None:
-        bound = min(bound, max_distance)
-    candidates = np.flatnonzero(dist < far) if bound >= far else np.flatnonzero(dist <= bound)
-    if candidates.size == 0:
-        return candidates
-    near = dist[candidates]
-    kth = float(np.partition(near, min(k, near.size) - 1)[min(k, near.size) - 1])
-    chosen: NDArray[np.intp] = candidates[near <= kth]
-    return chosen
+
+    def __init__(self, k: int, max_distance: float | None) -> None:
+        self.k = k
+        self.cap = max_distance
+        self.bound: float | None = max_distance  # None: fewer than k rows seen, take all
+        self._slots: list[NDArray[np.intp]] = []
+        self._dists: list[NDArray[Any]] = []
+        self._size = 0
+
+    def offer(
+        self,
+        dist: NDArray[Any],
+        first_slot: int,
+        live: NDArray[np.bool_],
+        excluded: NDArray[np.intp],
+    ) -> None:
+        if self.bound is None:
+            rows = np.flatnonzero(live)
+        else:
+            rows = np.flatnonzero(dist <= self.bound)
+            rows = rows[live[rows]]
+        if rows.size == 0:
+            return
+        slots = rows + first_slot
+        if excluded.size:
+            wanted = ~np.isin(slots, excluded)
+            rows, slots = rows[wanted], slots[wanted]
+        self._slots.append(slots)
+        self._dists.append(dist[rows])
+        self._size += rows.size
+        # Tighten once k rows are known, then whenever the pool has grown well past k.
+        if self._size >= self.k and (self.bound is None or self._size > 4 * self.k + 64):
+            self._shrink()
+
+    def _shrink(self) -> None:
+        slots, dists = np.concatenate(self._slots), np.concatenate(self._dists)
+        if dists.size >= self.k:
+            kth = float(np.partition(dists, self.k - 1)[self.k - 1])
+            self.bound = kth if self.cap is None else min(kth, self.cap)
+        if self.bound is not None:
+            near = dists <= self.bound
+            slots, dists = slots[near], dists[near]
+        self._slots, self._dists, self._size = [slots], [dists], slots.size
+
+    def nearest(self) -> tuple[NDArray[np.intp], NDArray[Any]]:
+        """Slots at or under the k-th smallest distance (ties included), and their distances."""
+        if not self._slots:
+            return np.empty(0, np.intp), np.empty(0)
+        self._shrink()
+        return self._slots[0], self._dists[0]

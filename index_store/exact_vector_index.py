@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.dense_rows import DenseRowIndex
+from index_store.dense_rows import DenseRowIndex, Scanner
 from index_store.metric import Metric
 
 
@@ -32,10 +32,19 @@ class ExactVectorIndex(DenseRowIndex):
             raise ValueError(f"vector has {values.size} floats, index holds {self.dim}")
         return values
 
-    def _distances(self, query: bytes, n: int) -> NDArray[np.float32]:
-        q = np.frombuffer(query, dtype=np.float32)
-        if self.metric is Metric.L1:
-            out: NDArray[np.float32] = np.abs(self._rows[:n] - q).sum(axis=1)
-        else:
-            out = 1.0 - self._rows[:n] @ q
-        return out
+    def _scanner(self, parts: list[bytes]) -> Scanner:
+        queries = [np.frombuffer(q, dtype=np.float32) for q in parts]
+
+        def scan(lo: int, hi: int) -> NDArray[np.float32]:
+            rows = self._rows[lo:hi]
+            best: NDArray[np.float32] | None = None
+            for q in queries:
+                if self.metric is Metric.L1:
+                    dist: NDArray[np.float32] = np.abs(rows - q).sum(axis=1)
+                else:
+                    dist = 1.0 - rows @ q
+                best = dist if best is None else np.minimum(best, dist)
+            assert best is not None  # search() passes at least one part
+            return best
+
+        return scan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from index_store.hamming_index import HammingIndex
 
@@ -74,10 +75,54 @@ def test_empty_index_returns_nothing() -> None:
     assert HammingIndex(8).search([bytes(8)], 3) == []
 
 
-def test_large_index_with_gaps_and_exclusions_matches_brute_force_with_ties() -> None:
-    # Enough rows for the block-minimum bound; short codes so that many rows tie.
+def brute_force_multi(
+    items: dict[str, bytes], queries: list[bytes], code_bytes: int, k: int
+) -> list[tuple[str, float]]:
+    """Distance of an item: the smallest over all (query code, item code) pairs."""
+
+    def codes(blob: bytes) -> list[bytes]:
+        return [blob[i : i + code_bytes] for i in range(0, len(blob), code_bytes)]
+
+    def hamming(a: bytes, b: bytes) -> int:
+        return (int.from_bytes(a) ^ int.from_bytes(b)).bit_count()
+
+    query_codes = [c for q in queries for c in codes(q)]
+    dists = {
+        i: float(min(hamming(q, c) for q in query_codes for c in codes(blob)))
+        for i, blob in items.items()
+    }
+    return sorted(dists.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+
+
+# A search scans rows a chunk at a time; a small chunk makes these tests cross many of them.
+SCAN_ROWS = [1 << 18, 1000]
+
+
+@pytest.mark.parametrize("scan_rows", SCAN_ROWS)
+def test_several_codes_per_item_and_per_query_match_brute_force(scan_rows: int) -> None:
+    rng = np.random.default_rng(5)
+    index = HammingIndex(8, codes_per_item=3)
+    index._scan_rows = scan_rows
+    items: dict[str, bytes] = {}
+    for i in range(3_000):
+        blob = rng.integers(0, 256, 24, dtype=np.uint8).tobytes()
+        index.upsert(f"img-{i:04d}", blob)
+        items[f"img-{i:04d}"] = blob
+    for _ in range(3):
+        queries = [rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for _ in range(2)]
+        assert index.search(queries, 15) == brute_force_multi(items, queries, 8, 15)
+    stored = index.code_of("img-0042")
+    assert stored is not None and index.search([stored], 1) == [("img-0042", 0.0)]
+
+
+@pytest.mark.parametrize("scan_rows", SCAN_ROWS)
+def test_large_index_with_gaps_and_exclusions_matches_brute_force_with_ties(
+    scan_rows: int,
+) -> None:
+    # Short codes so that many rows tie at the k-th distance.
     rng = np.random.default_rng(11)
     index = HammingIndex(8, capacity=16)
+    index._scan_rows = scan_rows
     truth: dict[str, bytes] = {}
     for i in range(60_000):
         code = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
