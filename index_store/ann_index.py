@@ -11,7 +11,8 @@ vectors travel as raw float32 bytes, distances are cosine distances (1 - dot), s
   codes, a quarter of float32) or `IndexHNSWFlat`. faiss HNSW cannot remove or overwrite a vector,
   so a remove or replace leaves a tombstone; searches filter tombstones with a live-bitmap
   `IDSelector` inside the graph search (removed ids are never returned), and once tombstones
-  exceed `compact_fraction` of the live count the graph is rebuilt from the live vectors
+  exceed `compact_fraction` of the live count (`needs_compaction`) the graph is rebuilt from the
+  live vectors, inside that write or, with `compact_in_writes=False`, when its owner chooses
   (amortised: a rebuild of L vectors happens at most once per `compact_fraction * L` deletes).
   With `fetch_exact` (e.g. ``partial(store.vectors_of, index)``, the LMDB store of record) the
   top `rerank * k` candidates are re-ranked with their exact float32 vectors, so the quantised
@@ -257,6 +258,14 @@ class HnswIndex(_GraphIndex):
         return len(self._id_of)
 
     @property
+    def needs_compaction(self) -> bool:
+        return False  # removed labels are reused in place
+
+    def search_like(self, configured: Self) -> None:
+        """Search as `configured` does: a snapshot brings data, configuration the knobs."""
+        self.ef_search = configured.ef_search
+
+    @property
     def capacity(self) -> int:
         return int(self._graph.get_max_elements())
 
@@ -383,13 +392,16 @@ class FaissHnswIndex(_GraphIndex):
         fetch_exact: FetchExact | None = None,
         rerank: int = 4,
         train_size: int = 10_000,
-        compact_fraction: float | None = 0.25,
+        compact_fraction: float = 0.25,
         compact_min: int = 1_000,
+        compact_in_writes: bool = True,
         reduce_to: int | None = None,
     ) -> None:
         """`fetch_exact`: float32 bytes of a live image (store of record), for re-ranking the top
-        `rerank * k` candidates and for rebuilding; `compact_fraction=None`: never compact by
-        itself (call `compact()` when convenient); `reduce_to`: the graph holds PCA projections
+        `rerank * k` candidates and for rebuilding; compaction is due once tombstones exceed
+        `compact_fraction` of the live count and `compact_min` (`needs_compaction`), and runs
+        inside the write that crossed it unless `compact_in_writes=False` (the owner then calls
+        `compact()` or rebuilds when convenient); `reduce_to`: the graph holds PCA projections
         of this many dimensions (fitted on the first `train_size` vectors), not the vectors."""
         _require_cosine(metric)
         if storage not in ("sq8", "flat"):
@@ -412,6 +424,7 @@ class FaissHnswIndex(_GraphIndex):
         self.train_size = train_size if storage == "sq8" or reduce_to else 0
         self.compact_fraction = compact_fraction
         self.compact_min = compact_min
+        self.compact_in_writes = compact_in_writes
         self.compactions = 0
         self._tombstones = 0
         self._live_bits = np.zeros(128, dtype=np.uint8)  # bit per label: 1 = live
@@ -435,6 +448,21 @@ class FaissHnswIndex(_GraphIndex):
     @property
     def tombstones(self) -> int:
         return self._tombstones
+
+    @property
+    def needs_compaction(self) -> bool:
+        """Enough dead nodes that a rebuild from the live ones pays (amortised: a rebuild of
+        L vectors at most once per `compact_fraction * L` deletes)."""
+        return self._tombstones > max(self.compact_min, self.compact_fraction * len(self))
+
+    def search_like(self, configured: Self) -> None:
+        """Search (and compact) as `configured` does: a snapshot brings data, configuration
+        the knobs."""
+        self.ef_search = configured.ef_search
+        self.rerank = configured.rerank
+        self.compact_fraction = configured.compact_fraction
+        self.compact_min = configured.compact_min
+        self.compact_in_writes = configured.compact_in_writes
 
     @property
     def slots(self) -> int:
@@ -637,9 +665,7 @@ class FaissHnswIndex(_GraphIndex):
             np.bitwise_and.at(self._live_bits, byte, ~masks)
 
     def _maybe_compact(self) -> None:
-        if self.compact_fraction is None:
-            return
-        if self._tombstones > max(self.compact_min, self.compact_fraction * len(self._label_of)):
+        if self.compact_in_writes and self.needs_compaction:
             self.compact()
 
     def search(
@@ -705,6 +731,7 @@ class FaissHnswIndex(_GraphIndex):
             "train_size": self.train_size,
             "compact_fraction": self.compact_fraction,
             "compact_min": self.compact_min,
+            "compact_in_writes": self.compact_in_writes,
             "reduce_to": self.reduce_to,
         }
 
@@ -741,7 +768,10 @@ class FaissHnswIndex(_GraphIndex):
         """Open a checkpoint written by `save`; `fetch_exact` as in the constructor."""
         directory = Path(directory)
         manifest, ids = _read_checkpoint(directory, "faiss-hnsw", "faiss-hnsw-sq8")
-        index = cls(manifest["dim"], fetch_exact=fetch_exact, **manifest["params"])
+        params = dict(manifest["params"])
+        if params.get("compact_fraction", 0.25) is None:  # older checkpoints said "no compaction
+            params.update(compact_fraction=0.25, compact_in_writes=False)  # in writes" this way
+        index = cls(manifest["dim"], fetch_exact=fetch_exact, **params)
         files = manifest["files"]
         if "staged.npy" in files:
             matrix = np.load(directory / files["staged.npy"])

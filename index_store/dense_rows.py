@@ -55,6 +55,13 @@ class DenseRowIndex:
     def layout(self) -> dict[str, object]:
         return {"engine": type(self).__name__, **self._params()}
 
+    @property
+    def needs_compaction(self) -> bool:
+        return False  # freed slots are reused in place
+
+    def search_like(self, configured: Self) -> None:
+        """Nothing to take: an exact scan has no search-time settings."""
+
     def __len__(self) -> int:
         return len(self._slot_of)
 

@@ -55,6 +55,16 @@ class SearchStructure(Protocol):
     ) -> Sequence[tuple[str, float]]: ...
     def save(self, directory: Path) -> None: ...
     @property
+    def needs_compaction(self) -> bool:
+        """Removed or replaced vectors left enough dead entries that a rebuild pays."""
+        ...
+
+    def search_like(self, configured: Self) -> None:
+        """Take `configured`'s search-time settings (beam width, re-rank depth, compaction
+        policy): a snapshot brings the data, the configuration says how to search it."""
+        ...
+
+    @property
     def layout(self) -> dict[str, object]:
         """What a snapshot's data means (engine, dimensions, projection): a snapshot of
         another layout cannot serve this configuration."""
@@ -93,7 +103,7 @@ def make_structure(
                 dim,
                 metric,
                 fetch_exact=fetch_exact,
-                compact_fraction=None,
+                compact_in_writes=False,
                 reduce_to=reduce_dim if reduce else None,
             )
         return make_ann_index(vector_index, dim, metric, fetch_exact=fetch_exact)
@@ -161,6 +171,7 @@ class FeatureIndex:
                 error=f"snapshot layout {loaded.layout}, configured {self._index.layout}",
             )
             return None
+        loaded.search_like(self._index)
         return loaded
 
     def checkpoint(self) -> bool:
@@ -249,13 +260,12 @@ class FeatureIndex:
                 structure.upsert(image_id, vector)
         return len(changed)
 
-    def compact_if_needed(self, fraction: float = 0.25, minimum: int = 1_000) -> bool:
-        """Rebuild from the store once removed or replaced vectors left too many tombstones
-        in an engine that cannot delete in place (faiss HNSW); searches go on meanwhile."""
-        tombstones = int(getattr(self._index, "tombstones", 0))
-        if tombstones <= max(minimum, fraction * len(self)):
+    def compact_if_needed(self) -> bool:
+        """Rebuild from the store once the engine says removed or replaced vectors left too
+        many dead entries (faiss HNSW cannot delete in place); searches go on meanwhile."""
+        if not self._index.needs_compaction:
             return False
-        log.info("index.compacting", index=self.name, tombstones=tombstones, images=len(self))
+        log.info("index.compacting", index=self.name, images=len(self))
         self.rebuild(self._store.vectors(self.name))
         return True
 

@@ -161,14 +161,14 @@ def test_reranked_distances_are_exact() -> None:
 
 
 # hnswlib reuses removed slots instead of compacting: it has no compaction setting to vary.
-REMOVAL_CASES = [("hnsw", None)] + [
-    (kind, fraction) for kind in KINDS if kind != "hnsw" for fraction in (None, 0.25)
+REMOVAL_CASES = [("hnsw", False)] + [
+    (kind, in_writes) for kind in KINDS if kind != "hnsw" for in_writes in (False, True)
 ]
 
 
-@pytest.mark.parametrize(("kind", "compact_fraction"), REMOVAL_CASES)
-def test_removed_ids_are_never_returned(kind: str, compact_fraction: float | None) -> None:
-    options = {} if kind == "hnsw" else {"compact_fraction": compact_fraction}
+@pytest.mark.parametrize(("kind", "compact_in_writes"), REMOVAL_CASES)
+def test_removed_ids_are_never_returned(kind: str, compact_in_writes: bool) -> None:
+    options = {} if kind == "hnsw" else {"compact_in_writes": compact_in_writes}
     rng = np.random.default_rng(2)
     twin = Twin(kind, **options)
     data = clustered(rng, 2000)
@@ -240,7 +240,7 @@ def results(index: Index, queries: NDArray[np.float32]) -> list[list[tuple[str, 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_load_round_trip(kind: str, tmp_path: Path) -> None:
-    twin = churned(kind, n=2000, compact_fraction=None) if kind != "hnsw" else churned(kind, 2000)
+    twin = churned(kind, n=2000, compact_in_writes=False) if kind != "hnsw" else churned(kind, 2000)
     if isinstance(twin.ann, FaissHnswIndex):
         assert twin.ann.tombstones > 0  # tombstones travel with the checkpoint
     queries = clustered(np.random.default_rng(8), 30)
@@ -392,6 +392,39 @@ def test_engines_fit_the_search_structure_protocol(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "faiss-hnsw-sq8"])
+def test_a_reloaded_snapshot_searches_with_the_configured_settings(
+    kind: str, tmp_path: Path
+) -> None:
+    """A snapshot brings the data; how to search it (ef, re-rank depth, compaction policy)
+    comes from the configuration, so a changed default reaches an existing indexer."""
+    store = FeatureStore(tmp_path / "lmdb")
+    data = clustered(np.random.default_rng(17), 600)
+    fetch = partial(store.vectors_of, "clip")
+    options: dict[str, Any] = {"train_size": 300} if kind != "hnsw" else {}
+    old = make_ann_index(kind, DIM, fetch_exact=fetch, ef_search=40, **options)
+    if isinstance(old, FaissHnswIndex):
+        old.rerank, old.compact_min, old.compact_in_writes = 2, 50, True
+    index = FeatureIndex(store, "clip", old, snapshot_dir=tmp_path / "snap")
+    record = ImageRecord(bucket="b", key="k.jpg")
+    index.apply([Upsert(f"img-{i}", data[i].tobytes(), record) for i in range(600)], {})
+    assert index.checkpoint()
+
+    configured = make_ann_index(kind, DIM, fetch_exact=fetch, ef_search=96, **options)
+    if isinstance(configured, FaissHnswIndex):
+        configured.rerank, configured.compact_min, configured.compact_in_writes = 6, 500, False
+    reopened = FeatureIndex(store, "clip", configured, snapshot_dir=tmp_path / "snap")
+    with capture_logs() as logs:
+        assert reopened.load() == 600
+    assert any(e["event"] == "index.loaded" and e["source"].startswith("snapshot") for e in logs)
+    loaded = reopened.structure
+    assert isinstance(loaded, HnswIndex | FaissHnswIndex) and loaded is not configured
+    assert loaded.ef_search == 96
+    if isinstance(loaded, FaissHnswIndex):
+        assert (loaded.rerank, loaded.compact_min, loaded.compact_in_writes) == (6, 500, False)
+    store.close()
+
+
 def test_switching_the_vector_engine_reloads_from_the_store(tmp_path: Path) -> None:
     """A snapshot another engine wrote is not loadable: the store of record fills the new one."""
     store = FeatureStore(tmp_path / "lmdb")
@@ -478,7 +511,7 @@ def test_projected_graph_keeps_cosine_order_when_vectors_share_a_direction() -> 
 
 
 def test_projection_is_refitted_by_compaction_and_survives_a_checkpoint(tmp_path: Path) -> None:
-    twin = churned("faiss-hnsw-sq8+pca", n=2000, compact_fraction=None)
+    twin = churned("faiss-hnsw-sq8+pca", n=2000, compact_in_writes=False)
     ann = twin.ann
     assert isinstance(ann, FaissHnswIndex) and ann.tombstones > 0
     queries = clustered(np.random.default_rng(23), 30)
