@@ -514,6 +514,11 @@ def worker_chroma_build(args: argparse.Namespace) -> Result:
         if ladder[-1]["recall"] >= args.target_recall:
             break
         collection.modify(configuration={"hnsw": {"ef_search": ef}})
+        # chromadb 1.5.9 applies a modified ef_search only to a reopened collection: measured,
+        # recall did not move until the client's cache was cleared and the collection reopened.
+        client.clear_system_cache()
+        client = chroma_client(path)
+        collection = client.get_collection("bench")
         lat, found = chroma_queries(collection, queries)
         chosen = ef
         ladder.append({"ef": ef, "recall": recall_at_k(found, truth), "p50_ms": pct(lat, 50) * 1e3})
