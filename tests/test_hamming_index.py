@@ -98,21 +98,27 @@ def brute_force_multi(
 SCAN_ROWS = [1 << 18, 1000]
 
 
+def filled(index: HammingIndex, rng: np.random.Generator, count: int) -> dict[str, bytes]:
+    """`count` random items upserted into `index`, and the same items by id."""
+    items: dict[str, bytes] = {}
+    for i in range(count):
+        blob = rng.integers(0, 256, index.item_bytes, dtype=np.uint8).tobytes()
+        index.upsert(f"img-{i:05d}", blob)
+        items[f"img-{i:05d}"] = blob
+    return items
+
+
 @pytest.mark.parametrize("scan_rows", SCAN_ROWS)
 def test_several_codes_per_item_and_per_query_match_brute_force(scan_rows: int) -> None:
     rng = np.random.default_rng(5)
     index = HammingIndex(8, codes_per_item=3)
     index._scan_rows = scan_rows
-    items: dict[str, bytes] = {}
-    for i in range(3_000):
-        blob = rng.integers(0, 256, 24, dtype=np.uint8).tobytes()
-        index.upsert(f"img-{i:04d}", blob)
-        items[f"img-{i:04d}"] = blob
+    items = filled(index, rng, 3_000)
     for _ in range(3):
         queries = [rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for _ in range(2)]
         assert index.search(queries, 15) == brute_force_multi(items, queries, 8, 15)
-    stored = index.code_of("img-0042")
-    assert stored is not None and index.search([stored], 1) == [("img-0042", 0.0)]
+    stored = index.code_of("img-00042")
+    assert stored is not None and index.search([stored], 1) == [("img-00042", 0.0)]
 
 
 @pytest.mark.parametrize("scan_rows", SCAN_ROWS)
@@ -123,11 +129,7 @@ def test_large_index_with_gaps_and_exclusions_matches_brute_force_with_ties(
     rng = np.random.default_rng(11)
     index = HammingIndex(8, capacity=16)
     index._scan_rows = scan_rows
-    truth: dict[str, bytes] = {}
-    for i in range(60_000):
-        code = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
-        index.upsert(f"img-{i:05d}", code)
-        truth[f"img-{i:05d}"] = code
+    truth = filled(index, rng, 60_000)
     for i in rng.choice(60_000, 5_000, replace=False):
         assert index.remove(f"img-{i:05d}")
         del truth[f"img-{i:05d}"]
