@@ -704,22 +704,41 @@ class FaissHnswIndex(_GraphIndex):
         labels, approx = self._graph_candidates(queries, min(want * self.rerank, len(self)))
         keep = labels >= 0
         labels, approx = labels[keep], approx[keep]
-        unique = np.unique(labels)
+        # One query's candidates are distinct labels; several queries may share some.
+        unique = labels if len(queries) == 1 else np.unique(labels)
         if not unique.size:
             return unique, approx[:0]
-        rows = np.empty((unique.size, self.dim), dtype=np.float32)
-        missing: list[int] = []
         ids = [self._id_of[label] or "" for label in unique.tolist()]  # "": a tombstone, absent
-        for row, exact in enumerate(self.fetch_exact(ids)):
+        found = self.fetch_exact(ids)
+        size = 4 * self.dim
+        if all(exact is not None and len(exact) == size for exact in found):
+            # The usual case, in one copy: every candidate's exact vector is in the store.
+            rows = np.frombuffer(b"".join(cast(list[bytes], found)), np.float32)
+            exact_dists = (1.0 - rows.reshape(-1, self.dim) @ queries.T).min(axis=1)
+            return unique, exact_dists.astype(np.float32)
+        return unique, self._rerank_with_gaps(queries, labels, approx, unique, found)
+
+    def _rerank_with_gaps(
+        self,
+        queries: NDArray[np.float32],
+        labels: NDArray[np.int64],
+        approx: NDArray[np.float32],
+        unique: NDArray[np.int64],
+        found: list[bytes | None],
+    ) -> NDArray[np.float32]:
+        """Exact distances where the store has the vector; where store and index disagree for
+        a moment (a write between them), the best approximate distance over the queries."""
+        rows = np.zeros((unique.size, self.dim), dtype=np.float32)
+        missing: list[int] = []
+        for row, exact in enumerate(found):
             if exact is None or len(exact) != 4 * self.dim:
-                missing.append(row)  # store and index disagree for a moment: keep the estimate
-                rows[row] = 0.0
+                missing.append(row)
             else:
                 rows[row] = np.frombuffer(exact, dtype=np.float32)
         dists: NDArray[np.float32] = (1.0 - rows @ queries.T).min(axis=1).astype(np.float32)
-        for row in missing:  # the best approximate distance over the queries
+        for row in missing:
             dists[row] = approx[labels == unique[row]].min()
-        return unique, dists
+        return dists
 
     def _params(self) -> dict[str, Any]:
         return {
