@@ -15,6 +15,9 @@ from index_store.metric import Metric
 
 
 class ExactVectorIndex(DenseRowIndex):
+    # The L1 distance makes a rows x dim temporary: 16,384 x 512 floats is 32 MB.
+    _scan_rows = 1 << 14
+
     def __init__(self, dim: int, metric: Metric | str, capacity: int = 1024) -> None:
         metric = Metric(metric)
         if metric not in (Metric.L1, Metric.COSINE):
