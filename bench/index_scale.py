@@ -8,6 +8,9 @@
         --parts ann,chroma,hamming --hamming-n 10000000 --workdir /tmp/scale-work
     # Hamming only
     .venv/bin/python -m bench.index_scale --parts hamming --hamming-n 10000000
+    # another graph build (degree, build beam) for the same engine
+    .venv/bin/python -m bench.index_scale --n 1000000 --engines faiss-hnsw-sq8+pca+rerank \
+        --parts ann --ef-construction 400 --workdir /tmp/scale-work
 
 Data (synthetic, like the project's notes): 48 latent dimensions with a decaying spectrum
 (std of latent i ~ i^-decay) projected to 512 by a fixed random matrix, plus isotropic noise,
@@ -27,7 +30,8 @@ once per data set), as the indexer would; '+pca' graphs hold PCA projections of 
 default size (LOOKALIKE_VECTOR_REDUCE_DIM).
 
 ChromaDB: embedded `PersistentClient`, cosine space, the same vectors and queries, batches of
-its maximum batch size; its ef_search is raised along the same ladder (from its default 100).
+its maximum batch size; its ef_search is raised along the same ladder (from its default 100),
+reopening the collection after each change (chromadb 1.5.9 searches with the old value until then).
 Restart = a fresh process opening the client and collection and answering one query.
 
 Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingIndex (exact,
@@ -266,17 +270,29 @@ def open_fetch(engine: str, work: Path) -> Callable[[Sequence[str]], list[bytes 
     return partial(store.vectors_of, INDEX_NAME)
 
 
-def new_index(engine: str, fetch: Callable[[Sequence[str]], list[bytes | None]] | None) -> Any:
+def new_index(
+    engine: str,
+    fetch: Callable[[Sequence[str]], list[bytes | None]] | None,
+    graph: dict[str, int] | None = None,
+) -> Any:
+    """`graph`: construction options (m, ef_construction) for graph engines; engine defaults
+    where absent."""
     from index_store.ann_index import make_ann_index
     from index_store.metric import Metric
 
     kind = engine.removesuffix("+rerank")
     if kind == "exact":
         return make_ann_index("exact", DIM, Metric.COSINE, capacity=1024)
+    options: dict[str, Any] = dict(graph or {})
     if kind.endswith("+pca"):
         kind = kind.removesuffix("+pca")
-        return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch, reduce_to=PCA_DIM)
-    return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch)
+        options["reduce_to"] = PCA_DIM
+    return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch, **options)
+
+
+def graph_options(args: argparse.Namespace) -> dict[str, int]:
+    options = {"m": args.m, "ef_construction": args.ef_construction}
+    return {name: value for name, value in options.items() if value}
 
 
 def set_ef(index: Any, ef: int) -> None:
@@ -335,7 +351,7 @@ def worker_build(args: argparse.Namespace) -> Result:
     fetch = open_fetch(engine, work)
     base_rss, base_anon = settled_rss()
     base_peak = peak_rss()
-    index = new_index(engine, fetch)
+    index = new_index(engine, fetch, graph_options(args))
     if isinstance(index, HnswIndex):
         index.add_threads = 2
     faiss.omp_set_num_threads(2)
@@ -436,7 +452,9 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
     store = FeatureStore(work / "lmdb", readonly=True)
     index = FeatureIndex(
-        store, INDEX_NAME, new_index(engine, partial(store.vectors_of, INDEX_NAME))
+        store,
+        INDEX_NAME,
+        new_index(engine, partial(store.vectors_of, INDEX_NAME), graph_options(args)),
     )
     faiss.omp_set_num_threads(2)
     progress = Progress(f"{engine} rebuild from store", data.n)
@@ -672,6 +690,10 @@ def run_worker(args: argparse.Namespace, role: str, extra: list[str]) -> Result:
         str(args.hamming_queries),
         "--seed",
         str(args.seed),
+        "--m",
+        str(args.m),
+        "--ef-construction",
+        str(args.ef_construction),
         *extra,
     ]
     started = time.perf_counter()
@@ -834,6 +856,10 @@ def main() -> None:
         "--chroma-from", help="reuse the ChromaDB results of an earlier --json run (same data)"
     )
     parser.add_argument("--ef", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--m", type=int, default=0, help="graph degree M (0: engine default)")
+    parser.add_argument(
+        "--ef-construction", type=int, default=0, help="graph build beam (0: engine default)"
+    )
     parser.add_argument("--hamming-n", type=int, default=10_000_000)
     parser.add_argument("--hamming-queries", type=int, default=30)
     parser.add_argument("--target-recall", type=float, default=0.95)
