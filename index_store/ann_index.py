@@ -34,7 +34,7 @@ Why the default (`DEFAULT_KIND`, and `Settings.vector_reduce_dim`): measured wit
 `bench/index_scale.py` at 1M x 512-d (BENCHMARKS.md). The float32 hnswlib graph needs more
 resident memory than the 1.5 GB budget and ~4 ms per query at recall@10 0.95; the SQ8 graph
 over all 512 dimensions fits in memory but needs ~2.3 ms; over 64-d projections it reaches the
-same recall in well under 1 ms.
+same recall in 0.84-1.20 ms (three runs).
 """
 
 from __future__ import annotations
@@ -560,15 +560,20 @@ class FaissHnswIndex(_GraphIndex):
 
         def vectors_of(part: list[tuple[int, str]]) -> NDArray[np.float32]:
             """Original-space vectors: exact from the store, else decoded from the old graph."""
-            labels = np.array([label for label, _ in part], dtype=np.int64)
-            out: NDArray[np.float32] = old_graph.reconstruct_batch(labels)
-            if old_pca is not None:
-                out = old_pca.restore(out)
-            if self.fetch_exact is not None:
-                found = self.fetch_exact([image_id for _, image_id in part])
-                for row, exact in enumerate(found):
-                    if exact is not None and len(exact) == 4 * self.dim:
-                        out[row] = np.frombuffer(exact, dtype=np.float32)
+            out = np.empty((len(part), self.dim), dtype=np.float32)
+            decode: list[int] = []
+            found = (
+                self.fetch_exact([i for _, i in part]) if self.fetch_exact else [None] * len(part)
+            )
+            for row, exact in enumerate(found):
+                if exact is not None and len(exact) == 4 * self.dim:
+                    out[row] = np.frombuffer(exact, dtype=np.float32)
+                else:
+                    decode.append(row)
+            if decode:
+                labels = np.array([part[row][0] for row in decode], dtype=np.int64)
+                decoded: NDArray[np.float32] = old_graph.reconstruct_batch(labels)
+                out[decode] = decoded if old_pca is None else old_pca.restore(decoded)
             return out
 
         graph, pca = self._new_graph(), old_pca
@@ -711,34 +716,17 @@ class FaissHnswIndex(_GraphIndex):
         ids = [self._id_of[label] or "" for label in unique.tolist()]  # "": a tombstone, absent
         found = self.fetch_exact(ids)
         size = 4 * self.dim
-        if all(exact is not None and len(exact) == size for exact in found):
-            # The usual case, in one copy: every candidate's exact vector is in the store.
-            rows = np.frombuffer(b"".join(cast(list[bytes], found)), np.float32)
-            exact_dists = (1.0 - rows.reshape(-1, self.dim) @ queries.T).min(axis=1)
-            return unique, exact_dists.astype(np.float32)
-        return unique, self._rerank_with_gaps(queries, labels, approx, unique, found)
-
-    def _rerank_with_gaps(
-        self,
-        queries: NDArray[np.float32],
-        labels: NDArray[np.int64],
-        approx: NDArray[np.float32],
-        unique: NDArray[np.int64],
-        found: list[bytes | None],
-    ) -> NDArray[np.float32]:
-        """Exact distances where the store has the vector; where store and index disagree for
-        a moment (a write between them), the best approximate distance over the queries."""
-        rows = np.zeros((unique.size, self.dim), dtype=np.float32)
-        missing: list[int] = []
-        for row, exact in enumerate(found):
-            if exact is None or len(exact) != 4 * self.dim:
-                missing.append(row)
-            else:
-                rows[row] = np.frombuffer(exact, dtype=np.float32)
+        # Store and index may disagree for a moment (a write between them): such a candidate
+        # keeps its best approximate distance over the queries.
+        missing = [row for row, exact in enumerate(found) if exact is None or len(exact) != size]
+        exact_rows = [
+            bytes(size) if exact is None or len(exact) != size else exact for exact in found
+        ]
+        rows = np.frombuffer(b"".join(exact_rows), np.float32).reshape(-1, self.dim)
         dists: NDArray[np.float32] = (1.0 - rows @ queries.T).min(axis=1).astype(np.float32)
         for row in missing:
             dists[row] = approx[labels == unique[row]].min()
-        return dists
+        return unique, dists
 
     def _params(self) -> dict[str, Any]:
         return {

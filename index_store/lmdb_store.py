@@ -124,9 +124,7 @@ class FeatureStore:
             return [None if v is None else bytes(v) for v in found]
 
     def vector(self, index: str, image_id: str) -> bytes | None:
-        with self._env.begin(db=self._db(f"vec:{index}")) as txn:
-            value = txn.get(image_id.encode())
-        return None if value is None else bytes(value)
+        return self.vectors_of(index, [image_id])[0]
 
     def record(self, index: str, image_id: str) -> ImageRecord | None:
         with self._env.begin(db=self._db(f"meta:{index}")) as txn:
