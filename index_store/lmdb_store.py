@@ -4,9 +4,10 @@ offsets, written together in one transaction per batch.
 Because a batch's changes and the offsets they cover commit atomically, a restart (even
 after kill -9) resumes exactly after the last applied message: nothing lost, nothing twice.
 Named databases: `vec:<index>` (image_id -> raw bytes), `meta:<index>` (image_id -> JSON
-ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text), `seq` (index ->
-number of changes ever applied) and `log:<index>` (change number -> image_id): the change log
-lets a restart bring an index snapshot up to date by replaying only what came after it.
+ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text), `log_identity`
+(which broker log those offsets refer to: its cluster id), `seq` (index -> number of changes
+ever applied) and `log:<index>` (change number -> image_id): the change log lets a restart
+bring an index snapshot up to date by replaying only what came after it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,22 @@ class FeatureStore:
     def offsets(self) -> dict[str, int]:
         with self._env.begin(db=self._db("offsets")) as txn:
             return {k.decode(): int(v) for k, v in txn.cursor()}
+
+    def log_id(self) -> str | None:
+        """Which log the stored offsets refer to (the broker's cluster id), if recorded."""
+        with self._env.begin(db=self._db("log_identity")) as txn:
+            raw = txn.get(b"cluster_id")
+        return None if raw is None else bytes(raw).decode()
+
+    def save_offsets(self, offsets: dict[str, int], log_id: str | None = None) -> None:
+        """Offsets without changes (past a dead letter, or the start of a new log), and the
+        log they refer to when it changed: one transaction, so the two never disagree."""
+        offs, logs = self._db("offsets"), self._db("log_identity")
+        with self._env.begin(write=True) as txn:
+            for name, offset in offsets.items():
+                txn.put(name.encode(), str(offset).encode(), db=offs)
+            if log_id is not None:
+                txn.put(b"cluster_id", log_id.encode(), db=logs)
 
     def vectors(self, index: str) -> Iterator[tuple[str, bytes]]:
         with self._env.begin(db=self._db(f"vec:{index}"), buffers=True) as txn:

@@ -9,15 +9,32 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from lookalike.supervisor import ProcessEvent
+
+
+# Commands for people at a terminal: readable log lines instead of JSON.
+CONSOLE_COMMANDS = (
+    "up",
+    "demo",
+    "upload",
+    "search",
+    "backfill",
+    "reextract",
+    "status",
+    "create-topics",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = Settings()
-    if args.command in ("up", "demo", "upload", "search", "backfill", "create-topics"):
+    if args.command in CONSOLE_COMMANDS:
         settings = settings.model_copy(update={"log_format": "console"})
     from lookalike.logs import configure_logging
 
@@ -51,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create-topics", help="create every topic (idempotent)")
     p.set_defaults(func=cmd_create_topics)
 
-    p = sub.add_parser("backfill", help="emit events for bucket objects the index lacks")
-    p.add_argument("--all", action="store_true", help="re-emit every object, indexed or not")
+    p = sub.add_parser(
+        "backfill", help="reconcile now: every indexer compares its indexes with the bucket"
+    )
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for reports")
     p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("status", help="processes, indexers and extractor groups: lag, sizes")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds indexers get to answer")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("rebuild", help="rebuild an index from the store, swapping it in live")
     p.add_argument("feature", help="phash, colour or clip")
@@ -62,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("reextract", help="re-run extraction for every image (bucket scan)")
-    p.set_defaults(func=lambda s, a: cmd_backfill(s, argparse.Namespace(all=True)))
+    p.set_defaults(func=cmd_reextract)
 
     p = sub.add_parser("upload", help="put image files into the bucket")
     p.add_argument("paths", nargs="+", type=Path)
@@ -122,11 +145,18 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
     _sigterm_as_ctrl_c()
     stack = Stack(
-        settings.data_dir, extractors=args.extractors, shards=args.shards, replicas=args.replicas
+        settings.data_dir,
+        extractors=args.extractors,
+        shards=args.shards,
+        replicas=args.replicas,
+        on_process_event=_print_process_event,
     )
-    stack.start()
-    print(f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. Ctrl-C stops it.")
     try:
+        stack.start()
+        print(
+            f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. "
+            "Processes that die are restarted; `lookalike status` shows them. Ctrl-C stops it."
+        )
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
@@ -134,6 +164,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def _print_process_event(event: ProcessEvent) -> None:
+    """`lookalike up`'s console: which process died and why, and when it is back."""
+    from lookalike.supervisor import EventKind
+
+    if event.kind is EventKind.DIED:
+        print(f"!! {event.name} (pid {event.pid}) died: {event.reason}; log {event.log_path}")
+        for line in event.log_tail[-3:]:
+            print(f"   | {line[:200]}")
+        print(f"   restarting it in {event.delay_s:g}s")
+    elif event.kind is EventKind.RESTARTED:
+        print(f"ok {event.name} restarted (pid {event.pid}, restart {event.restarts})")
+    else:
+        print(
+            f"!! {event.name} could not be restarted: {event.reason}; again in {event.delay_s:g}s"
+        )
 
 
 def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
@@ -144,30 +191,41 @@ def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.features import phash
-    from consumers.kafka.clients import make_producer
-    from lookalike.s3 import s3_client
-    from producers.backfill import backfill, indexed_etags
+    """Reconciliation on demand: the indexers compare with the bucket and repair."""
+    from rich.console import Console
 
-    async def run() -> None:
-        indexed = {} if args.all else indexed_etags(settings.index_dir, phash.VERSION)
-        producer = make_producer(settings)
-        await producer.start()
-        try:
-            report = await backfill(
-                settings,
-                s3_client(settings),
-                producer,
-                indexed,
-                everything=args.all,
-                progress=lambda r: print(f"  ... {r.created} created, {r.removed} removed"),
-            )
-        finally:
-            await producer.stop()
-        print(f"scanned {report.scanned}: {report.created} to (re)index, {report.removed} removed")
+    from lookalike.backfill_view import backfill, reconcile_table, summary
+    from producers.search_client import SearchTimeout
 
-    asyncio.run(run())
+    console = Console()
+    try:
+        reports = asyncio.run(backfill(settings, args.timeout, Console(stderr=True)))
+    except SearchTimeout:
+        console.print(f"[red]no indexer answered within {args.timeout:g}s[/] (is the stack up?)")
+        return 1
+    console.print(reconcile_table(reports))
+    console.print(summary(reports), highlight=False)
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_reextract(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lookalike.backfill_view import reextract_with_progress
+
+    done = asyncio.run(reextract_with_progress(settings, Console(stderr=True)))
+    print(f"listed {done.listed} objects: {done.published} created events for their images")
     return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lookalike.status_view import gather_status, render_status
+
+    report = asyncio.run(gather_status(settings, timeout=args.timeout))
+    render_status(report, settings, Console())
+    return 0 if report.healthy else 1
 
 
 def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:

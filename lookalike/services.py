@@ -32,7 +32,7 @@ def run_extractor(settings: Settings) -> None:
 
 def run_indexer_service(settings: Settings) -> None:
     features = build_features(settings)
-    run_until_signalled(lambda stop: run_indexer(settings, features, stop))
+    run_until_signalled(lambda stop: run_indexer(settings, s3_client(settings), features, stop))
 
 
 def run_gateway(settings: Settings, port: int) -> None:

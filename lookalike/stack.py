@@ -1,19 +1,25 @@
 """The whole embedded system on one machine: broker, S3 gateway, extractors, indexer.
 
 `lookalike up`, `lookalike demo` and the integration tests all start it through `Stack`.
+Once started, a supervisor thread (`lookalike/supervisor.py`) restarts any process that dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from lookalike.embedded import Infrastructure, ManagedProcess
+from lookalike.process_table import FILE_NAME as PROCESS_TABLE
 from lookalike.s3 import s3_client
+from lookalike.supervisor import ProcessEvent, Supervisor
 from lookalike.topics import create_topics
 from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import ensure_bucket
@@ -23,6 +29,18 @@ from schemas.settings import Settings
 log = structlog.get_logger(__name__)
 
 ENV_FILE = "stack.env"
+T = TypeVar("T")
+
+
+def extractor_pools(settings: Settings) -> list[str]:
+    """One extractor group per pool (`LOOKALIKE_EXTRACTOR_POOLS`), each limited to the
+    enabled features: e.g. ["phash,colour,copy", "clip"]."""
+    pools = []
+    for pool in settings.extractor_pools.split(";"):
+        names = [n for n in pool.split(",") if n in settings.feature_names]
+        if names:
+            pools.append(",".join(names))
+    return pools
 
 
 class Stack:
@@ -34,6 +52,7 @@ class Stack:
         shards: int = 1,
         replicas: int = 1,
         env: dict[str, str] | None = None,
+        on_process_event: Callable[[ProcessEvent], None] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.infra = Infrastructure(self.data_dir, extra_env=env or {})
@@ -42,11 +61,29 @@ class Stack:
         self.replicas = replicas
         self.extractors: list[ManagedProcess] = []
         self.indexers: dict[tuple[int, int], ManagedProcess] = {}  # (shard, replica) -> process
+        # Held while the supervisor polls and while the stack changes its processes.
+        self._lock = threading.RLock()
+        self.supervisor = Supervisor(
+            self.processes,
+            self._restart,
+            self.data_dir / PROCESS_TABLE,
+            lock=self._lock,
+            cluster_id=lambda: self.infra.cluster_id,
+            notify=on_process_event,
+        )
 
     @property
     def indexer(self) -> ManagedProcess | None:
         """The first indexer (the only one in an unsharded stack)."""
         return next(iter(self.indexers.values()), None)
+
+    @property
+    def broker(self) -> ManagedProcess | None:
+        return self.infra.broker
+
+    @property
+    def s3_gateway(self) -> ManagedProcess | None:
+        return self.infra.s3_gateway
 
     @property
     def settings(self) -> Settings:
@@ -58,42 +95,51 @@ class Stack:
         }
         return Settings(_env_file=None, **given)
 
+    def processes(self) -> list[ManagedProcess]:
+        """Every process of the stack now, broker first (what the supervisor watches)."""
+        with self._lock:
+            infra = [p for p in (self.infra.broker, self.infra.s3_gateway) if p is not None]
+            return [*infra, *self.extractors, *self.indexers.values()]
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.infra.start_broker()
-        asyncio.run(create_topics(self.settings))
-        self.infra.start_s3_gateway()
-        ensure_bucket(s3_client(self.settings), self.settings.bucket)
-        self.write_env_file()
-        for pool in self.extractor_pools():
-            for i in range(self.extractor_count):
-                self.start_extractor(pool, f"extractor-{pool.replace(',', '+')}-{i}")
-        for shard in range(self.shards):
-            for replica in range(self.replicas):
-                self.start_indexer(shard, replica, wait=False)
-        self.wait_until_serving()
+        with self._lock:
+            self._start_broker()
+            self.infra.start_s3_gateway()
+            ensure_bucket(s3_client(self.settings), self.settings.bucket)
+            self.write_env_file()
+            for pool in self.extractor_pools():
+                for _ in range(self.extractor_count):
+                    self.start_extractor(pool)
+            for shard in range(self.shards):
+                for replica in range(self.replicas):
+                    self.start_indexer(shard, replica, wait=False)
+        self.wait_until_serving()  # fails fast if a process dies while starting
+        self.supervisor.start()
 
     def extractor_pools(self) -> list[str]:
-        """One extractor group per pool, each limited to the enabled features."""
-        settings = self.settings
-        pools = []
-        for pool in settings.extractor_pools.split(";"):
-            names = [n for n in pool.split(",") if n in settings.feature_names]
-            if names:
-                pools.append(",".join(names))
-        return pools
+        return extractor_pools(self.settings)
 
-    def start_extractor(self, features: str, name: str) -> ManagedProcess:
-        proc = self.infra.lookalike_process("extractor", f"--features={features}", name=name)
-        proc.start()
-        self.extractors.append(proc)
-        return proc
+    def start_extractor(self, features: str, name: str | None = None) -> ManagedProcess:
+        """Another member of the pool's consumer group (a rebalance follows)."""
+        with self._lock:
+            if name is None:
+                taken = {p.name for p in self.extractors}
+                stem = f"extractor-{features.replace(',', '+')}"
+                name = next(
+                    f"{stem}-{i}" for i in range(len(taken) + 1) if f"{stem}-{i}" not in taken
+                )
+            proc = self.infra.lookalike_process("extractor", f"--features={features}", name=name)
+            proc.start()
+            self.extractors.append(proc)
+            return proc
 
     def shard_partitions(self, shard: int) -> list[int]:
         return [p for p in range(self.settings.partitions) if p % self.shards == shard]
 
     def start_indexer(self, shard: int = 0, replica: int = 0, wait: bool = True) -> ManagedProcess:
-        """Shard s serves partitions p with p % shards == s; replicas keep their own state."""
+        """Shard s serves partitions p with p % shards == s; replicas keep their own state.
+        Replaces (and stops, if it still runs) the process that served this slot."""
         env: dict[str, str] = {}
         name = "indexer"
         if self.shards > 1 or self.replicas > 1:
@@ -102,42 +148,88 @@ class Stack:
                 "LOOKALIKE_SHARD_PARTITIONS": ",".join(map(str, self.shard_partitions(shard))),
                 "LOOKALIKE_INDEX_PATH": str(self.data_dir / "index" / f"s{shard}-r{replica}"),
             }
-        proc = self.infra.lookalike_process("indexer", name=name, env=env)
-        proc.start()
-        self.indexers[(shard, replica)] = proc
+        with self._lock:
+            old = self.indexers.get((shard, replica))
+            if old is not None:
+                old.stop()
+            proc = self.infra.lookalike_process("indexer", name=name, env=env)
+            proc.start()
+            self.indexers[(shard, replica)] = proc
         if wait:
             self.wait_until_serving()
         return proc
 
+    def restart_broker(self) -> str:
+        """Kill the broker (its memory is lost: every topic, offset and group), start a new
+        one on the same port with a new cluster id and create the topics again.
+        Returns the new cluster id."""
+        with self._lock:
+            if self.infra.broker is not None:
+                self.infra.broker.kill()
+            self._start_broker()
+            return self.infra.cluster_id
+
+    def _start_broker(self) -> None:
+        self.infra.start_broker()
+        _run_blocking(lambda: create_topics(self.settings))
+        log.info("broker.ready", cluster_id=self.infra.cluster_id, port=self.infra.kafka_port)
+
+    def _restart(self, proc: ManagedProcess) -> None:
+        """How the supervisor starts a dead process again."""
+        if proc is self.infra.broker:
+            self._start_broker()  # a new, empty log: new cluster id, topics again
+        else:
+            proc.start()
+            proc.wait_ready()
+
     def wait_until_serving(self, timeout: float = 60.0) -> None:
         """Until a search through Kafka is answered for every partition (every shard up)."""
-        asyncio.run(self.serving(timeout))
+        _run_blocking(lambda: self.serving(timeout))
 
     async def serving(self, timeout: float = 60.0) -> None:
-        """`wait_until_serving`, for callers already inside an event loop."""
-        await _probe_search(self.settings, timeout, list(self.indexers.values()))
+        """`wait_until_serving`, for callers already inside an event loop. While the
+        supervisor runs, an indexer that died is waited for (it is being restarted)."""
+        indexers = list(self.indexers.values())
+        await _probe_search(self.settings, timeout, indexers, self.supervisor.running)
 
     def stop(self) -> None:
-        for proc in [*self.extractors, *self.indexers.values()]:
-            proc.stop()
-        self.extractors.clear()
-        self.indexers.clear()
-        self.infra.stop()
+        self.supervisor.stop()
+        with self._lock:
+            for proc in [*self.extractors, *self.indexers.values()]:
+                proc.stop()
+            self.infra.stop()
+            if self.data_dir.exists():
+                self.supervisor.write_table()  # everything stopped
+            self.extractors.clear()
+            self.indexers.clear()
 
     def write_env_file(self) -> Path:
-        """So `lookalike upload/search` in another terminal find this stack."""
+        """So `lookalike upload/search/status` in another terminal find this stack."""
         path = self.data_dir / ENV_FILE
         lines = [f"{k}={v}" for k, v in self.infra.env.items() if k.startswith("LOOKALIKE_")]
         path.write_text("\n".join(lines) + "\n")
         return path
 
 
-async def _probe_search(settings: Settings, timeout: float, procs: list[ManagedProcess]) -> None:
+def _run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, also when called from inside an event
+    loop (async tests): then in a helper thread with its own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="stack") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+async def _probe_search(
+    settings: Settings, timeout: float, procs: list[ManagedProcess], supervised: bool
+) -> None:
     deadline = time.monotonic() + timeout
     async with SearchClient(settings) as client:
         while time.monotonic() < deadline:
             for proc in procs:
-                if not proc.alive():
+                if not proc.alive() and not (supervised and proc.wanted):
                     raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
             try:
                 reply = await client.search(SearchRequest(image_id="-probe-"), timeout=1.0)

@@ -1,9 +1,13 @@
-"""Bucket scan: publish the events the index is missing.
+"""Bucket scan for `lookalike reextract`: a created event for every image object.
 
-Compares the bucket with what an index store holds (image id -> eTag) and emits a MinIO-format
-created event for every image the index lacks or has at another eTag, and a removed event
-for every indexed image that is gone. This is how the system converges after events were
-lost (broker restarted empty, gateway crashed between write and publish, index on a new disk).
+Every extractor group then describes every image again: the way to fill the index of a new
+feature version (its events carry the new version, which names a new index; unchanged
+versions are no-ops in the indexer). Finding and repairing *differences* between the bucket
+and the indexes is reconciliation, which the indexers run themselves (`lookalike backfill`
+asks them to run it now); this module never reads an index.
+
+The producer is passed in (`lookalike/cli.py` builds it with the project's partitioner), so
+events land on the partition of their `bucket/object` key whoever publishes them.
 """
 
 from __future__ import annotations
@@ -11,18 +15,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from itertools import islice
 
-import lmdb
 import structlog
 from aiokafka import AIOKafkaProducer
 from minio import Minio
 
-from index_store.lmdb_store import FeatureStore
 from schemas.minio_events import build_notification, looks_like_image, notification_key
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+PAGE = 500  # objects listed, then published and acknowledged, at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,84 +37,61 @@ class BucketObject:
 
 
 @dataclass
-class BackfillReport:
-    scanned: int = 0
-    created: int = 0
-    removed: int = 0
-    up_to_date: int = 0
-
-
-def indexed_etags(index_root: Path, index: str) -> dict[str, str | None]:
-    """image_id -> eTag over every index store under `index_root` (all shards and replicas);
-    empty if there is none yet."""
-    etags: dict[str, str | None] = {}
-    for data_file in sorted(index_root.glob("**/data.mdb")):
-        store = FeatureStore(data_file.parent, readonly=True)
-        try:
-            etags.update((image_id, rec.etag) for image_id, rec in store.records(index))
-        except lmdb.Error:  # this store never held that index
-            pass
-        finally:
-            store.close()
-    return etags
+class ReextractProgress:
+    listed: int = 0  # objects in the bucket seen so far
+    images: int = 0  # of those, image objects (each gets a created event)
+    published: int = 0  # created events acknowledged by the broker
+    listing_done: bool = False
 
 
 def list_bucket(s3: Minio, bucket: str) -> Iterator[BucketObject]:
+    """Every object (not folders), lazily: the client lists a page per request."""
     for obj in s3.list_objects(bucket, recursive=True):
         if obj.object_name is None or obj.is_dir:
             continue
         yield BucketObject(obj.object_name, (obj.etag or "").strip('"'), obj.size or 0)
 
 
-def plan(
-    objects: Iterator[BucketObject], bucket: str, indexed: dict[str, str | None], everything: bool
-) -> Iterator[tuple[str, BucketObject | None]]:
-    """Yields (image_id, object) to create and (image_id, None) to remove."""
-    seen: set[str] = set()
-    for obj in objects:
-        image_id = f"{bucket}/{obj.key}"
-        if not looks_like_image(obj.key, None):
-            continue
-        seen.add(image_id)
-        if everything or indexed.get(image_id, "missing") != obj.etag:
-            yield image_id, obj
-    prefix = f"{bucket}/"
-    for image_id in indexed:
-        if image_id.startswith(prefix) and image_id not in seen:
-            yield image_id, None
-
-
-async def backfill(
+async def reextract(
     settings: Settings,
     s3: Minio,
     producer: AIOKafkaProducer,
-    indexed: dict[str, str | None],
     *,
-    everything: bool = False,
-    progress: Callable[[BackfillReport], None] | None = None,
-) -> BackfillReport:
+    progress: Callable[[ReextractProgress], None] | None = None,
+) -> ReextractProgress:
+    """Publish an `s3:ObjectCreated:Put` event for every image object in the bucket, a page at
+    a time (memory stays flat on any bucket size)."""
     bucket = settings.bucket
-    objects = await asyncio.to_thread(lambda: list(list_bucket(s3, bucket)))
-    report = BackfillReport(scanned=len(objects))
-    sends = []
-    for image_id, obj in plan(iter(objects), bucket, indexed, everything):
-        key = image_id.removeprefix(f"{bucket}/")
-        if obj is None:
-            value = build_notification("s3:ObjectRemoved:Delete", bucket, key, source="backfill")
-            report.removed += 1
-        else:
-            value = build_notification(
-                "s3:ObjectCreated:Put", bucket, key, etag=obj.etag, size=obj.size, source="backfill"
-            )
-            report.created += 1
-        sends.append(
+    objects = list_bucket(s3, bucket)
+    state = ReextractProgress()
+    while True:
+        page = await asyncio.to_thread(lambda: list(islice(objects, PAGE)))
+        state.listed += len(page)
+        state.listing_done = len(page) < PAGE
+        images = [obj for obj in page if looks_like_image(obj.key, None)]
+        state.images += len(images)
+        if progress:
+            progress(state)
+        sends = [
             await producer.send(
-                settings.image_events_topic, value, key=notification_key(bucket, key)
+                settings.image_events_topic,
+                build_notification(
+                    "s3:ObjectCreated:Put",
+                    bucket,
+                    obj.key,
+                    etag=obj.etag,
+                    size=obj.size,
+                    source="reextract",
+                ),
+                key=notification_key(bucket, obj.key),
             )
-        )
-        if progress and (report.created + report.removed) % 500 == 0:
-            progress(report)
-    await asyncio.gather(*sends)
-    report.up_to_date = report.scanned - report.created
-    log.info("backfill.done", **report.__dict__)
-    return report
+            for obj in images
+        ]
+        await asyncio.gather(*sends)
+        state.published += len(sends)
+        if progress:
+            progress(state)
+        if state.listing_done:
+            break
+    log.info("reextract.done", listed=state.listed, images=state.images, published=state.published)
+    return state

@@ -24,7 +24,8 @@ from nanio.auth.credentials import StaticCredentialResolver
 from nanio.config import Settings as NanioSettings
 from nanio.errors import S3Error as NanioError
 
-from schemas.minio_events import build_notification, notification_key
+from schemas.control import ReconcileCommand
+from schemas.minio_events import build_notification, minio_partitioner, notification_key
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -127,6 +128,16 @@ class NotifyingS3:
             log.exception("gateway.publish_failed", bucket=bucket, key=key)
 
 
+async def _ask_for_reconciliation(producer: AIOKafkaProducer, settings: Settings) -> None:
+    """A gateway that stopped uncleanly may have written objects whose events it never
+    published: ask the indexers to compare with the bucket (no reply wanted)."""
+    command = ReconcileCommand(reason="s3 gateway started (events may have been lost)")
+    try:
+        await producer.send_and_wait(settings.control_topic, command.to_bytes())
+    except Exception:
+        log.exception("gateway.reconcile_request_failed")
+
+
 def _deleted_keys(body: bytes) -> list[str]:
     from html import unescape
 
@@ -143,12 +154,15 @@ async def serve_gateway(settings: Settings, port: int, stop: asyncio.Event) -> N
     )
     nanio_settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(nanio_settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", partitioner=minio_partitioner
+    )
     await producer.start()
 
     async def publish(key: bytes, value: bytes) -> None:
         await producer.send_and_wait(settings.image_events_topic, value, key=key)
 
+    await _ask_for_reconciliation(producer, settings)
     gateway = NotifyingS3(app, app.state.storage, publish)
     config = uvicorn.Config(
         gateway, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"

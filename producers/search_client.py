@@ -12,12 +12,22 @@ import contextlib
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Protocol, Self, TypeVar, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.control import RebuildCommand, RebuildReport
+from schemas.control import (
+    ControlReport,
+    IndexerStatus,
+    InventoryCommand,
+    InventoryReport,
+    RebuildCommand,
+    RebuildReport,
+    ReconcileCommand,
+    ReconcileReport,
+    StatusCommand,
+)
 from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
 from schemas.settings import Settings
 
@@ -108,18 +118,43 @@ class SearchClient:
 
     async def rebuild(self, command: RebuildCommand, timeout: float) -> list[RebuildReport]:
         """Ask every indexer to rebuild; the reports of those that answered in time."""
+        return await self._control(command.to_bytes(), timeout, RebuildReport)
+
+    async def reconcile(self, command: ReconcileCommand, timeout: float) -> list[ReconcileReport]:
+        """Ask every indexer to compare its indexes with the bucket and repair the difference."""
+        return await self._control(command.to_bytes(), timeout, ReconcileReport)
+
+    async def status(self, timeout: float = 2.0, all_replicas: bool = True) -> list[IndexerStatus]:
+        """Every indexer's status (with `all_replicas`, waits out `timeout` for replicas)."""
+        return await self._control(
+            StatusCommand().to_bytes(), timeout, IndexerStatus, until_covered=not all_replicas
+        )
+
+    async def inventory(self, feature: str, timeout: float = 10.0) -> list[InventoryReport]:
+        """What each indexer holds of one feature: image id -> eTag, by shard."""
+        command = InventoryCommand(feature=feature)
+        return await self._control(command.to_bytes(), timeout, InventoryReport)
+
+    async def _control(
+        self, value: bytes, timeout: float, answer: type[ReportT], until_covered: bool = True
+    ) -> list[ReportT]:
         topic = self._settings.control_topic
-        return await self._gather(topic, command.to_bytes(), timeout, RebuildReport)
+        return await self._gather(topic, value, timeout, answer, until_covered=until_covered)
 
     @property
     def _requests(self) -> str:
         return self._settings.search_requests_topic
 
     async def _gather(
-        self, topic: str, value: bytes, wait: float, answer: type[AnswerT]
+        self,
+        topic: str,
+        value: bytes,
+        wait: float,
+        answer: type[AnswerT],
+        until_covered: bool = True,
     ) -> list[AnswerT]:
         """Send one request to every indexer; collect answers until they cover every
-        partition or `wait` runs out."""
+        partition (with `until_covered`) or `wait` runs out."""
         correlation_id = uuid.uuid4().hex
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._pending[correlation_id] = inbox
@@ -132,7 +167,7 @@ class SearchClient:
             await self._producer.send_and_wait(topic, value, headers=headers)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait
-            while not _covers_all(replies):
+            while not (until_covered and _covers_all(replies)):
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -141,7 +176,7 @@ class SearchClient:
                 except TimeoutError:
                     break
                 try:
-                    replies.append(answer.from_bytes(raw))
+                    replies.append(cast(AnswerT, answer.from_bytes(raw)))
                 except ValueError:
                     log.warning("search.bad_reply", expected=answer.__name__)
         finally:
@@ -169,7 +204,8 @@ class _Answer(Protocol):
     def partition_count(self) -> int: ...
 
 
-AnswerT = TypeVar("AnswerT", SearchReply, RebuildReport)
+ReportT = TypeVar("ReportT", bound=ControlReport)
+AnswerT = TypeVar("AnswerT", bound=SearchReply | ControlReport)
 
 
 def _covers_all(replies: Sequence[_Answer]) -> bool:

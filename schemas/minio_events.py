@@ -194,3 +194,31 @@ def _guess_type(key: str) -> str:
 def notification_key(bucket: str, key: str) -> bytes:
     """MinIO keys messages by `bucket/object`, so one object's events stay in order."""
     return f"{bucket}/{key}".encode()
+
+
+_FNV32_OFFSET = 0x811C9DC5
+_FNV32_PRIME = 0x01000193
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition MinIO's Kafka target writes `key` to: Sarama's default hash partitioner,
+    FNV-1a (32-bit) of the key, read as a signed int32, remainder (Go truncates), sign dropped.
+
+    Everything that publishes keyed messages (the gateway, backfill, reconciliation,
+    extractors) partitions this way, so one object's events share a partition — and so their
+    order — whoever publishes them.
+    """
+    h = _FNV32_OFFSET
+    for byte in key:
+        h = ((h ^ byte) * _FNV32_PRIME) & 0xFFFFFFFF
+    signed = h - (1 << 32) if h & 0x80000000 else h
+    return abs(signed) % partitions
+
+
+def minio_partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's `partitioner` hook with MinIO's placement (unkeyed: any available)."""
+    if key is None:
+        pool = available or all_partitions
+        return pool[time.monotonic_ns() % len(pool)]
+    ordered = sorted(all_partitions)
+    return ordered[partition_of(key, len(ordered))]

@@ -30,6 +30,34 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "lookalike.dead-letter"
     control_topic: str = "lookalike.control"
     extractor_group: str = "lookalike-extractor"
+    reply_to_prefix: str = Field(
+        "lookalike.search.replies",
+        description="indexers answer only to reply_to topics that start with this; the rest "
+        "are dead-lettered (a request must never make an indexer write into a data topic)",
+    )
+
+    # --- Faults: retries, dead letters, convergence -----------------------------------------
+    max_delivery_attempts: int = Field(
+        3, ge=1, description="tries of a message that fails deterministically, then dead letter"
+    )
+    retry_backoff_max_s: float = Field(
+        30.0, gt=0, description="longest wait between retries of a transient failure"
+    )
+    log_check_interval_s: float = Field(
+        2.0, gt=0, description="how often consumers check they still read the log they think"
+    )
+    reconcile_interval_s: float = Field(
+        300.0, ge=0, description="indexers compare their indexes with the bucket this often; 0=off"
+    )
+    reconcile_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="objects changed this recently are not reconciled yet (their "
+        "events are most likely on their way)",
+    )
+    reconcile_at_start: bool = Field(
+        True, description="indexers reconcile with the bucket when they start or see a new log"
+    )
 
     # --- Object store (S3 / MinIO) ------------------------------------------------------
     s3_endpoint: str = "127.0.0.1:9000"

@@ -1,38 +1,36 @@
 """The extractor service: a consumer-group member on the image-events topic.
 
-Each poll is one checkpoint, in this order:
-  1. handle the batch (different keys concurrently, one key's events in order),
-  2. publish feature events and dead letters and wait for the broker's acks,
-  3. commit the batch's offsets.
+The consume-and-commit loop and its error policy are consumers/kafka/runner.py; this stage
+says what processing one poll means, in this order:
+  1. handle the batch (different keys concurrently, one key's events in order);
+  2. publish feature events and dead letters and wait for the broker's acks;
+  3. commit the batch's offsets to the group.
 A crash anywhere before 3 replays the batch: at-least-once, and harmless because the
 indexer applies feature events idempotently (same image, same eTag -> no change).
+If the group was rebalanced meanwhile, the commit is refused and the partition's new owner
+handles the batch again: also harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import TypeAlias
 
 import structlog
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.structs import OffsetAndMetadata
 from minio import Minio
 
 from consumers.extractor.handler import EventHandler
 from consumers.features.contract import FeatureSpec
 from consumers.kafka.clients import make_consumer, make_producer
 from consumers.kafka.dead_letters import DeadLetterSink
+from consumers.kafka.log_watch import LogWatch
+from consumers.kafka.runner import Batch, ConsumeLoop
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 
 class ExtractorService:
@@ -40,43 +38,47 @@ class ExtractorService:
         self._settings = settings
         self._handler = EventHandler(settings, s3, features)
         self._group = settings.extractor_group_for([spec.name for spec in features])
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._dead_letters: DeadLetterSink | None = None
         self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
-        consumer = make_consumer(s, group_id=self._group, max_poll_records=s.extract_batch_max)
+        consumer = self._consumer = make_consumer(
+            s, group_id=self._group, max_poll_records=s.extract_batch_max
+        )
         consumer.subscribe([s.image_events_topic], listener=_LogAssignments())
-        producer = make_producer(s)
+        producer = self._producer = make_producer(s)
         await producer.start()
         await consumer.start()
-        dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="extractor")
+        watch = LogWatch(s.kafka_bootstrap, s.log_check_interval_s)
+        await watch.start()
+        self._dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="extractor")
+        loop = ConsumeLoop(
+            consumer,
+            self,
+            self._dead_letters,
+            max_records=s.extract_batch_max,
+            max_attempts=s.max_delivery_attempts,
+            backoff_max_s=s.retry_backoff_max_s,
+            log_watch=watch,
+        )
         log.info("extractor.started", topic=s.image_events_topic, group=self._group)
         try:
-            while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=s.extract_batch_max)
-                if not batches:
-                    continue
-                try:
-                    await self._checkpoint(batches, producer, dead_letters, consumer)
-                except Exception:
-                    # Transient trouble (S3 or broker unreachable): replay the batch later.
-                    log.exception("extractor.batch_failed_will_retry")
-                    for tp, records in batches.items():
-                        consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(1.0)
+            await loop.run(stop)
         finally:
+            await watch.stop()
             await consumer.stop()
             await producer.stop()
-            log.info("extractor.stopped", processed=self.processed)
+            log.info("extractor.stopped", processed=self.processed, dead=loop.dead_lettered)
 
-    async def _checkpoint(
-        self,
-        batches: dict[TopicPartition, list[Record]],
-        producer: AIOKafkaProducer,
-        dead_letters: DeadLetterSink,
-        consumer: AIOKafkaConsumer,
-    ) -> None:
-        records = [r for rs in batches.values() for r in rs]
+    # --- Stage: what the consume loop calls --------------------------------------------------
+
+    async def process(self, batch: Batch) -> None:
+        producer, dead_letters = self._producer, self._dead_letters
+        assert producer is not None and dead_letters is not None
+        records = [r for rs in batch.values() for r in rs]
         outcomes = await self._handler.handle_batch([(r.key, r.value) for r in records])
         sends = []
         for record, outcome in zip(records, outcomes, strict=True):
@@ -88,11 +90,31 @@ class ExtractorService:
             if outcome.dead_letter_reason is not None:
                 await dead_letters.send(record, outcome.dead_letter_reason)
         await asyncio.gather(*sends)
-        await consumer.commit(
-            {tp: OffsetAndMetadata(rs[-1].offset + 1, "") for tp, rs in batches.items()}
-        )
+        await self.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
         self.processed += len(records)
         log.info("extractor.checkpoint", records=len(records), processed=self.processed)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(
+                {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}
+            )
+        except (CommitFailedError, IllegalStateError) as exc:
+            # Rebalanced while we worked: the partition's new owner handles these again.
+            log.warning("extractor.commit_refused", error=repr(exc))
+
+    async def on_new_log(self, partitions: Sequence[TopicPartition], why: str) -> None:
+        """Resume each partition at what the group committed in this log, or at its start."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+                log.warning("extractor.read_from_start", partition=tp.partition, why=why)
+            else:
+                consumer.seek(tp, committed)
 
 
 class _LogAssignments(ConsumerRebalanceListener):  # type: ignore[misc]

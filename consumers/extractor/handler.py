@@ -19,7 +19,6 @@ from PIL import Image
 
 from consumers.extractor.object_fetch import (
     FetchedObject,
-    ObjectChanged,
     ObjectGone,
     ObjectTooLarge,
     fetch_object,
@@ -114,36 +113,45 @@ class EventHandler:
         for item in items:
             if isinstance(item, Ignored):
                 log.info("event.ignored", event=item.event_name, key=item.key, reason=item.reason)
-            elif item.kind is ChangeKind.REMOVED:
+                continue
+            result = await self._fetch_and_decode(item)
+            if isinstance(result, str):
+                prepared.dead_letter_reason = result
+            elif result is None:
                 prepared.deletions.append(item)
             else:
-                result = await self._fetch_and_decode(item)
-                if isinstance(result, str):
-                    prepared.dead_letter_reason = result
-                elif result is not None:
-                    prepared.decoded.append(result)
+                prepared.decoded.append(result)
         return prepared
 
     async def _fetch_and_decode(self, change: ImageChange) -> _Decoded | str | None:
-        """The decoded image, a dead-letter reason, or None for a stale event."""
+        """The object as S3 holds it now, decoded; None if it is gone; or a dead-letter reason.
+
+        An event says "this key changed", not what it holds now: the extractor describes
+        the object as it is when the event is handled. So a removed event for an object that
+        was uploaded again indexes the new upload, and a created event whose object has been
+        overwritten since indexes the newer version (its own event then changes nothing).
+        One key's events are handled in order, so the last one leaves the index equal to S3.
+        S3 trouble (unreachable, 5xx) raises: the consume loop retries, never drops.
+        """
         limit = self._settings.max_image_bytes
-        if change.size is not None and change.size > limit:
+        if change.kind is ChangeKind.CREATED and change.size is not None and change.size > limit:
             return f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
         try:
             obj = await asyncio.to_thread(
-                fetch_object,
-                self._s3,
-                change.bucket,
-                change.key,
-                expected_etag=change.etag,
-                max_bytes=limit,
+                fetch_object, self._s3, change.bucket, change.key, max_bytes=limit
             )
-        except (ObjectGone, ObjectChanged) as exc:
-            # Not an error: a later event on this key (same partition) says what happened.
-            log.info("event.stale", image_id=change.image_id, why=str(exc))
+        except ObjectGone as exc:
+            if change.kind is ChangeKind.CREATED:
+                log.info("event.stale", image_id=change.image_id, why=str(exc))
             return None
         except ObjectTooLarge as exc:
             return f"oversize upload: {exc}"
+        if change.etag and obj.etag != change.etag:
+            log.info(
+                "event.newer_object", image_id=change.image_id, event=change.etag, now=obj.etag
+            )
+        elif change.kind is ChangeKind.REMOVED:
+            log.info("event.object_back", image_id=change.image_id, etag=obj.etag)
         try:
             image = await asyncio.to_thread(
                 decode_image, obj.data, max_pixels=self._settings.max_image_pixels

@@ -1,4 +1,4 @@
-"""Fetch one object version from S3, telling apart 'gone', 'changed since' and 'too big'."""
+"""Fetch an object's current version from S3, telling apart 'gone' and 'too big'."""
 
 from __future__ import annotations
 
@@ -19,18 +19,12 @@ class ObjectGone(LookupError):
     """The object was deleted after the event was sent; its delete event follows."""
 
 
-class ObjectChanged(LookupError):
-    """The object was overwritten after the event was sent; the newer event follows."""
-
-
 class ObjectTooLarge(ValueError):
     pass
 
 
-def fetch_object(
-    s3: Minio, bucket: str, key: str, *, expected_etag: str | None, max_bytes: int
-) -> FetchedObject:
-    """Blocking: call from a worker thread."""
+def fetch_object(s3: Minio, bucket: str, key: str, *, max_bytes: int) -> FetchedObject:
+    """The object's current version. Blocking: call from a worker thread."""
     try:
         response = s3.get_object(bucket, key)
     except S3Error as exc:
@@ -39,8 +33,6 @@ def fetch_object(
         raise
     try:
         etag = (response.headers.get("ETag") or "").strip('"')
-        if expected_etag and etag and etag != expected_etag:
-            raise ObjectChanged(f"{bucket}/{key}: eTag is {etag}, event had {expected_etag}")
         declared = int(response.headers.get("Content-Length") or 0)
         if declared > max_bytes:
             raise ObjectTooLarge(f"{declared:,} bytes is over the {max_bytes:,}-byte limit")

@@ -1,4 +1,5 @@
-"""The indexer service: load indexes from disk, follow the feature topics, answer searches."""
+"""The indexer service: load indexes from disk, follow the feature topics, answer searches and
+control commands, and keep its indexes equal to the bucket (reconciliation)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import structlog
+from faststream.kafka import KafkaBroker
+from minio import Minio
 
 from consumers.features.contract import FeatureSpec
-from consumers.indexer.control import Rebuilder
+from consumers.indexer.control import ControlService
 from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
+from consumers.indexer.reconcile import Reconciler
 from consumers.indexer.search_service import build_search_broker
-from consumers.kafka.clients import partitions_of
+from consumers.kafka.clients import make_producer, partitions_of
 from index_store.feature_index import FeatureIndex, make_structure
 from index_store.lmdb_store import FeatureStore
 from schemas.settings import Settings
@@ -23,7 +27,7 @@ log = structlog.get_logger(__name__)
 
 
 async def run_indexer(
-    settings: Settings, features: Sequence[FeatureSpec], stop: asyncio.Event
+    settings: Settings, s3: Minio, features: Sequence[FeatureSpec], stop: asyncio.Event
 ) -> None:
     store = FeatureStore(settings.index_dir / "store")
     snapshots = settings.index_dir / "snapshots"
@@ -45,23 +49,27 @@ async def run_indexer(
     }
     for index in indexes.values():
         await asyncio.to_thread(index.load)
+    producer = make_producer(settings)
+    await producer.start()
+    reconciler = Reconciler(settings, s3, store, indexes, producer)
+    schedule = ReconcileSchedule(reconciler, settings.reconcile_interval_s)
     ingest = IngestService(
-        settings, features, indexes, store.offsets(), partitions=settings.shard_partition_list
+        settings,
+        features,
+        indexes,
+        store,
+        partitions=settings.shard_partition_list,
+        reconcile_soon=schedule.soon,
     )
     engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
-    rebuilder = Rebuilder(store, indexes)
-    broker = build_search_broker(
-        settings,
-        engine,
-        await partitions_of(settings, settings.search_requests_topic),
-        rebuilder,
-        await partitions_of(settings, settings.control_topic),
-    )
+    control = ControlService(store, indexes, ingest, reconciler)
     await checkpoint_all(indexes)  # a restart after this needs no full reload
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
     checkpoints = asyncio.create_task(
         checkpoint_periodically(indexes, settings.checkpoint_interval_s, stop)
     )
+    background: list[asyncio.Task[None]] = [checkpoints]
+    serving = SearchServing(settings, engine, control)
     try:
         await asyncio.wait(
             [ingest_task, asyncio.create_task(ingest.ready.wait())],
@@ -69,21 +77,120 @@ async def run_indexer(
         )
         if ingest_task.done():
             ingest_task.result()  # raise why it stopped
-        engine.partitions = rebuilder.partitions = ingest.served_partitions
-        engine.partition_count = rebuilder.partition_count = ingest.partition_count
-        await broker.start()
+        engine.partitions = reconciler.partitions = ingest.served_partitions
+        engine.partition_count = reconciler.partition_count = ingest.partition_count
+        await serving.start(ingest.log_watch.cluster_id)
         log.info("indexer.serving", images={n: len(i) for n, i in indexes.items()})
+        if settings.reconcile_at_start:
+            schedule.soon("indexer started")
+        background += [
+            asyncio.create_task(schedule.run(ingest, stop), name="reconcile"),
+            asyncio.create_task(serving.follow(ingest, stop), name="search-serving"),
+        ]
         await ingest_task
     finally:
         stop.set()
-        await broker.stop()
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await serving.stop()
         if not ingest_task.done():
             await ingest_task
-        checkpoints.cancel()
+        await producer.stop()
         await checkpoint_all(indexes)  # clean shutdown: the next start replays nothing
         offsets = store.offsets()
         store.close()
         log.info("indexer.stopped", records_read=ingest.records_read, offsets=offsets)
+
+
+class SearchServing:
+    """The FastStream subscribers for search and control. They read from the end of their
+    topics; a new broker log (its cluster id changed) means new topics, whose offsets start
+    below the old positions, so the subscribers are started again there."""
+
+    def __init__(self, settings: Settings, engine: QueryEngine, control: ControlService) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._control = control
+        self._broker: KafkaBroker | None = None
+        self._cluster_id: str | None = None
+
+    async def start(self, cluster_id: str | None) -> None:
+        s = self._settings
+        self._broker = build_search_broker(
+            s,
+            self._engine,
+            await partitions_of(s, s.search_requests_topic),
+            self._control,
+            await partitions_of(s, s.control_topic),
+        )
+        await self._broker.start()
+        self._cluster_id = cluster_id
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            await self._broker.stop()
+            self._broker = None
+
+    async def follow(self, ingest: IngestService, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._settings.log_check_interval_s)
+            current = ingest.log_watch.cluster_id
+            if current is None or current == self._cluster_id:
+                continue
+            log.warning("search.new_log", cluster_id=current, action="subscribe again")
+            try:
+                await self.stop()
+                await self.start(current)
+            except Exception as exc:  # the new broker may still be starting: try again soon
+                log.warning("search.resubscribe_failed", error=repr(exc))
+
+
+class ReconcileSchedule:
+    """When to reconcile: when asked (`soon`: start, a new log), and every `interval_s`
+    (0 = only when asked). It waits until ingest has caught up with its topics, so that a
+    backlog is not mistaken for missing images."""
+
+    def __init__(self, reconciler: Reconciler, interval_s: float) -> None:
+        self._reconciler = reconciler
+        self._interval_s = interval_s
+        self._reasons: list[str] = []
+        self._wake = asyncio.Event()
+
+    def soon(self, why: str) -> None:
+        self._reasons.append(why)
+        self._wake.set()
+
+    async def run(self, ingest: IngestService, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            timeout = self._interval_s if self._interval_s > 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            reason = "; ".join(dict.fromkeys(self._reasons)) or "periodic"
+            self._reasons.clear()
+            await _caught_up(ingest, limit_s=60.0)
+            try:
+                await self._reconciler.run(reason)
+            except Exception as exc:  # S3 or the broker away: the next round repairs it
+                log.warning("reconcile.failed", reason=reason, error=repr(exc))
+                self._reasons.append(reason)
+                await asyncio.sleep(5.0)
+                self._wake.set()
+
+
+async def _caught_up(ingest: IngestService, limit_s: float) -> None:
+    """Until ingest has applied what its topics hold (or `limit_s` passed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while loop.time() < deadline:
+        try:
+            if sum((await ingest.lag()).values()) == 0:
+                return
+        except Exception as exc:
+            log.info("reconcile.lag_unknown", error=repr(exc))
+        await asyncio.sleep(1.0)
 
 
 async def checkpoint_all(indexes: Mapping[str, FeatureIndex]) -> None:

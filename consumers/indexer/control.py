@@ -1,4 +1,5 @@
-"""Operator commands an indexer carries out: `lookalike rebuild FEATURE`.
+"""Operator commands an indexer carries out (schemas/control.py): rebuild, reconcile, status,
+inventory. Each answer says which partitions it speaks for, so a client merges shards.
 
 Rebuild from the store builds a fresh search structure from the LMDB store of record in a
 worker thread while searches keep using the old one, then swaps it in (FeatureIndex.rebuild).
@@ -9,33 +10,114 @@ with an empty index path and it reads the feature topics from the earliest offse
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Mapping
+from typing import TypedDict
 
 import structlog
 
+from consumers.indexer.ingest import IngestService
+from consumers.indexer.reconcile import Reconciler
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
-from schemas.control import RebuildCommand, RebuildReport, RebuildSource
+from schemas.control import (
+    ControlCommand,
+    ControlReport,
+    IndexerStatus,
+    InventoryCommand,
+    InventoryReport,
+    RebuildCommand,
+    RebuildReport,
+    RebuildSource,
+    ReconcileCommand,
+    ReconcileReport,
+    StatusCommand,
+)
 
 log = structlog.get_logger(__name__)
 
+INDEXER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
-class Rebuilder:
-    def __init__(self, store: FeatureStore, indexes: Mapping[str, FeatureIndex]) -> None:
+
+class Shard(TypedDict):
+    """Who answers, for which partitions: every report carries it."""
+
+    indexer: str
+    partitions: list[int]
+    partition_count: int
+
+
+class ControlService:
+    def __init__(
+        self,
+        store: FeatureStore,
+        indexes: Mapping[str, FeatureIndex],
+        ingest: IngestService,
+        reconciler: Reconciler,
+    ) -> None:
         self._store = store
         self._indexes = indexes
-        self.partitions: list[int] = []
-        self.partition_count = 0
-        self._busy = asyncio.Lock()
+        self._ingest = ingest
+        self._reconciler = reconciler
+        self._rebuilding = asyncio.Lock()
 
-    async def run(self, command: RebuildCommand) -> RebuildReport:
+    def _shard(self) -> Shard:
+        return Shard(
+            indexer=INDEXER_ID,
+            partitions=self._ingest.served_partitions,
+            partition_count=self._ingest.partition_count,
+        )
+
+    async def answer(self, command: ControlCommand) -> ControlReport:
+        if isinstance(command, RebuildCommand):
+            return await self.rebuild(command)
+        if isinstance(command, ReconcileCommand):
+            return await self.reconcile(command)
+        if isinstance(command, StatusCommand):
+            return await self.status()
+        return await self.inventory(command)
+
+    async def reconcile(self, command: ReconcileCommand) -> ReconcileReport:
+        report = await self._reconciler.run(command.reason)
+        return report.model_copy(update=self._shard())
+
+    async def status(self) -> IndexerStatus:
+        try:
+            lag = await self._ingest.lag()
+        except Exception as exc:  # the broker may be away: the rest of the status still helps
+            log.info("status.lag_unknown", error=repr(exc))
+            lag = {}
+        last = self._reconciler.last
+        return IndexerStatus(
+            ok=True,
+            cluster_id=self._ingest.log_watch.cluster_id or "",
+            images={name: len(index) for name, index in self._indexes.items()},
+            offsets=self._store.offsets(),
+            lag=lag,
+            records_read=self._ingest.records_read,
+            dead_letters=self._ingest.dead_letters,
+            last_reconcile=last,
+            **self._shard(),
+        )
+
+    async def inventory(self, command: InventoryCommand) -> InventoryReport:
+        index = self._indexes.get(command.feature)
+        report = InventoryReport(ok=False, feature=command.feature, **self._shard())
+        if index is None:
+            return report.model_copy(update={"error": f"no index for {command.feature!r} here"})
+        etags = await asyncio.to_thread(
+            lambda: {image_id: rec.etag for image_id, rec in self._store.records(index.name)}
+        )
+        return report.model_copy(update={"ok": True, "etags": etags})
+
+    async def rebuild(self, command: RebuildCommand) -> RebuildReport:
         report = RebuildReport(
             ok=False,
             feature=command.feature,
             source=command.source,
-            partitions=self.partitions,
-            partition_count=self.partition_count,
+            **self._shard(),
         )
         index = self._indexes.get(command.feature)
         if index is None:
@@ -43,9 +125,9 @@ class Rebuilder:
         if command.source is RebuildSource.TOPIC:
             reason = "start a replica with an empty LOOKALIKE_INDEX_PATH: it replays the topic"
             return report.model_copy(update={"error": reason})
-        if self._busy.locked():
+        if self._rebuilding.locked():
             return report.model_copy(update={"error": "a rebuild is already running"})
-        async with self._busy:
+        async with self._rebuilding:
             started = time.perf_counter()
             log.info("rebuild.started", index=index.name, source=command.source.value)
 

@@ -16,9 +16,9 @@ from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
 from faststream.message import StreamMessage
 
-from consumers.indexer.control import Rebuilder
+from consumers.indexer.control import ControlService
 from consumers.indexer.query import QueryEngine, error_reply
-from schemas.control import RebuildCommand
+from schemas.control import ControlReport, parse_command
 from schemas.dead_letter import DeadLetter
 from schemas.message import MessageError
 from schemas.search import SearchErrorCode, SearchRequest
@@ -45,7 +45,7 @@ def build_search_broker(
     settings: Settings,
     engine: QueryEngine,
     request_partitions: list[int],
-    rebuilder: Rebuilder,
+    control: ControlService,
     control_partitions: list[int],
 ) -> KafkaBroker:
     broker = KafkaBroker(
@@ -57,6 +57,35 @@ def build_search_broker(
         max_request_size=4 * 1024 * 1024,
     )
 
+    unanswered: set[asyncio.Task[ControlReport]] = set()
+
+    async def dead_letter(message: KafkaMessage, reason: str) -> None:
+        raw = message.raw_message
+        assert not isinstance(raw, tuple)  # single-message subscriber, not a batch
+        log.warning("dead_letter", stage="search", reason=reason, topic=raw.topic)
+        letter = DeadLetter(
+            stage="search",
+            reason=reason,
+            source_topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            key=raw.key,
+            value=raw.value,
+        )
+        await broker.publish(letter.to_bytes(), settings.dead_letter_topic)
+
+    async def refused_reply_to(message: KafkaMessage) -> bool:
+        """Replies go only where replies belong: never into a data topic."""
+        if not message.reply_to or message.reply_to.startswith(settings.reply_to_prefix):
+            return False
+        reason = (
+            f"reply_to {message.reply_to!r} is not a reply topic "
+            f"(allowed: names starting with {settings.reply_to_prefix!r})"
+        )
+        message.reply_to = ""  # FastStream publishes the return value to reply_to: not here
+        await dead_letter(message, reason)
+        return True
+
     # Every indexer reads every request partition (no consumer group): a restarted indexer
     # serves at once instead of waiting out a group rebalance, and each shard sees each query.
     @broker.subscriber(
@@ -66,23 +95,14 @@ def build_search_broker(
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     async def answer(message: KafkaMessage) -> bytes | None:
+        if await refused_reply_to(message):
+            return None
         # The raw bytes, not FastStream's JSON decoding: SearchRequest validates them.
         try:
             request = SearchRequest.from_bytes(message.body)
         except MessageError as exc:
             if not message.reply_to:
-                raw = message.raw_message
-                assert not isinstance(raw, tuple)  # single-message subscriber, not a batch
-                letter = DeadLetter(
-                    stage="search",
-                    reason=str(exc),
-                    source_topic=raw.topic,
-                    partition=raw.partition,
-                    offset=raw.offset,
-                    key=raw.key,
-                    value=raw.value,
-                )
-                await broker.publish(letter.to_bytes(), settings.dead_letter_topic)
+                await dead_letter(message, str(exc))
                 return None
             return error_reply("unknown", SearchErrorCode.BAD_REQUEST, str(exc)).to_bytes()
         reply = await asyncio.to_thread(engine.answer, request)
@@ -93,12 +113,20 @@ def build_search_broker(
         fetch_max_wait_ms=max(settings.fetch_max_wait_ms, 100),
         auto_offset_reset="latest",
     )
-    async def control(message: KafkaMessage) -> bytes | None:
-        try:
-            command = RebuildCommand.from_bytes(message.body)
-        except MessageError as exc:
-            log.warning("control.bad_command", reason=str(exc))
+    async def command(message: KafkaMessage) -> bytes | None:
+        if await refused_reply_to(message):
             return None
-        return (await rebuilder.run(command)).to_bytes()
+        try:
+            parsed = parse_command(message.body)
+        except MessageError as exc:
+            await dead_letter(message, str(exc))
+            message.reply_to = ""
+            return None
+        if not message.reply_to:  # nobody waits (the S3 gateway's "reconcile, please")
+            task = asyncio.create_task(control.answer(parsed))
+            unanswered.add(task)
+            task.add_done_callback(unanswered.discard)
+            return None
+        return (await control.answer(parsed)).to_bytes()
 
     return broker

@@ -6,16 +6,20 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas.minio_events import minio_partitioner
 from schemas.settings import Settings
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     # acks=all: a send counts as done only once every in-sync replica has it.
+    # Keys are placed as MinIO places them (FNV-1a), so an object's events and its feature
+    # events land on one partition whoever publishes them (MinIO, the gateway, reconciliation).
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
         "linger_ms": 0,
         "max_request_size": 4 * 1024 * 1024,
+        "partitioner": minio_partitioner,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
