@@ -25,7 +25,7 @@ import structlog
 from index_store.ann_index import DEFAULT_KIND, FetchExact, make_ann_index
 from index_store.exact_vector_index import ExactVectorIndex
 from index_store.hamming_index import HammingIndex
-from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
+from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Reject, Upsert
 from index_store.metric import Metric
 from index_store.snapshots import latest, write
 
@@ -203,7 +203,12 @@ class FeatureIndex:
                     and (self._store.vector(self.name, change.image_id) == change.vector)
                 ):
                     continue  # replayed message: already indexed
-            elif current is None:
+            elif isinstance(change, Reject):
+                if current is None and self._store.rejection(self.name, change.image_id) == (
+                    change.etag or ""
+                ):
+                    continue  # replayed rejection
+            elif current is None and self._store.rejection(self.name, change.image_id) is None:
                 continue  # delete of something never indexed
             effective.append(change)
         seq = self._store.apply(self.name, effective, offsets)

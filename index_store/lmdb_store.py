@@ -7,11 +7,13 @@ Named databases: `vec:<index>` (image_id -> raw bytes), `meta:<index>` (image_id
 ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text), `log_identity`
 (which broker log those offsets refer to: its cluster id), `seq` (index -> number of changes
 ever applied) and `log:<index>` (change number -> image_id): the change log lets a restart
-bring an index snapshot up to date by replaying only what came after it.
+bring an index snapshot up to date by replaying only what came after it. `rej:<index>`
+(image_id -> JSON eTag and reason) remembers object versions that cannot be indexed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,7 +43,16 @@ class Delete:
     image_id: str
 
 
-Change = Upsert | Delete
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The object at `etag` cannot be indexed: drop any older vector, remember why."""
+
+    image_id: str
+    etag: str | None
+    reason: str
+
+
+Change = Upsert | Delete | Reject
 
 
 class FeatureStore:
@@ -68,7 +79,7 @@ class FeatureStore:
         """Write one batch and the offsets it covers, all or nothing; returns the index's
         change number after it."""
         vec, meta, offs = self._db(f"vec:{index}"), self._db(f"meta:{index}"), self._db("offsets")
-        seqs, log = self._db("seq"), self._db(f"log:{index}")
+        seqs, log, rejected = self._db("seq"), self._db(f"log:{index}"), self._db(f"rej:{index}")
         with self._env.begin(write=True) as txn:
             raw = txn.get(index.encode(), db=seqs)
             seq = int(raw) if raw is not None else 0
@@ -79,9 +90,15 @@ class FeatureStore:
                 if isinstance(change, Upsert):
                     txn.put(key, change.vector, db=vec)
                     txn.put(key, change.record.model_dump_json().encode(), db=meta)
+                    txn.delete(key, db=rejected)
                 else:
                     txn.delete(key, db=vec)
                     txn.delete(key, db=meta)
+                    if isinstance(change, Reject):
+                        entry = {"etag": change.etag, "reason": change.reason}
+                        txn.put(key, json.dumps(entry).encode(), db=rejected)
+                    else:
+                        txn.delete(key, db=rejected)
             for name, offset in offsets.items():
                 txn.put(name.encode(), str(offset).encode(), db=offs)
             txn.put(index.encode(), str(seq).encode(), db=seqs)
@@ -147,6 +164,18 @@ class FeatureStore:
         with self._env.begin(db=self._db(f"meta:{index}")) as txn:
             raw = txn.get(image_id.encode())
         return None if raw is None else ImageRecord.model_validate_json(raw)
+
+    def rejection(self, index: str, image_id: str) -> str | None:
+        """The eTag at which `image_id` was rejected, if it was (and nothing came since)."""
+        with self._env.begin(db=self._db(f"rej:{index}")) as txn:
+            raw = txn.get(image_id.encode())
+        return None if raw is None else json.loads(raw)["etag"] or ""
+
+    def rejections(self, index: str) -> Iterator[tuple[str, str | None]]:
+        """(image id, eTag) of every rejected object version."""
+        with self._env.begin(db=self._db(f"rej:{index}")) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k).decode(), json.loads(bytes(v))["etag"]
 
     def records(self, index: str) -> Iterator[tuple[str, ImageRecord]]:
         with self._env.begin(db=self._db(f"meta:{index}")) as txn:

@@ -121,3 +121,7 @@ class InventoryReport(ControlReport):
     etags: dict[str, str | None] = Field(
         default_factory=dict, description="image id -> eTag, every image this index holds"
     )
+    rejected: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="image id -> eTag of object versions that cannot be indexed (dead-lettered)",
+    )

@@ -14,6 +14,10 @@ from schemas.message import Message
 class FeatureOp(StrEnum):
     UPSERT = "upsert"
     DELETE = "delete"
+    # The object at this eTag cannot be described (undecodable, oversize): the index drops
+    # any older version of it and remembers the rejection, so reconciliation counts the
+    # object as accounted for instead of sending it to the dead-letter topic again and again.
+    REJECT = "reject"
 
 
 class VectorKind(StrEnum):
@@ -36,6 +40,7 @@ class FeatureEvent(Message):
     vector_kind: VectorKind | None = None
     dim: int | None = Field(None, description="bits for BITS, floats for FLOAT32")
     vector: bytes | None = None
+    reason: str | None = Field(None, description="why a reject was rejected")
     extracted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @model_validator(mode="after")

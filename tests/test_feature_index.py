@@ -6,7 +6,7 @@ from pathlib import Path
 
 from index_store.feature_index import FeatureIndex
 from index_store.hamming_index import HammingIndex
-from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
+from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Reject, Upsert
 
 
 def upsert(image_id: str, code: bytes, etag: str) -> Upsert:
@@ -43,3 +43,22 @@ def test_reopened_store_has_vectors_records_and_offsets(tmp_path: Path) -> None:
     assert again.code_of("b/2") == bytes([3] * 8)
     assert again.record("b/2") is not None and again.record("b/2").etag == "e2"  # type: ignore[union-attr]
     assert reopened.offsets() == {"t/0": 8, "t/1": 3}
+
+
+def test_a_rejected_version_drops_the_older_one_and_is_remembered_until_replaced(
+    tmp_path: Path,
+) -> None:
+    store = FeatureStore(tmp_path)
+    index = FeatureIndex(store, "phash-test", HammingIndex(8))
+    index.apply([upsert("b/1", bytes(8), "e1")], {"t/0": 1})
+    index.apply([Reject("b/1", "e2", "undecodable")], {"t/0": 2})  # overwritten with garbage
+    assert index.code_of("b/1") is None and index.record("b/1") is None
+    assert dict(store.rejections("phash-test")) == {"b/1": "e2"}
+    assert index.apply([Reject("b/1", "e2", "undecodable")], {"t/0": 3}) == []
+    assert store.seq("phash-test") == 2  # the replayed rejection changed nothing
+
+    index.apply([upsert("b/1", bytes([7] * 8), "e3")], {"t/0": 4})  # a good upload again
+    assert index.code_of("b/1") == bytes([7] * 8)
+    assert dict(store.rejections("phash-test")) == {}
+    index.apply([Reject("b/1", "e4", "too big"), Delete("b/1")], {"t/0": 6})
+    assert dict(store.rejections("phash-test")) == {} and len(index) == 0

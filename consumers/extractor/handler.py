@@ -52,11 +52,21 @@ class _Decoded:
 
 
 @dataclass
+class _Rejected:
+    """An object version that cannot be described: dead-lettered, and the indexes told."""
+
+    change: ImageChange
+    etag: str | None
+    reason: str
+
+
+@dataclass
 class _Prepared:
     """One message after step 1: deletions ready, images decoded, or the reason it failed."""
 
     deletions: list[ImageChange] = field(default_factory=list)
     decoded: list[_Decoded] = field(default_factory=list)
+    rejected: list[_Rejected] = field(default_factory=list)
     dead_letter_reason: str | None = None
 
 
@@ -79,6 +89,8 @@ class EventHandler:
             outcome = Outcome(dead_letter_reason=p.dead_letter_reason)
             for change in p.deletions:
                 outcome.events.extend(self._deletions(change))
+            for bad in p.rejected:
+                outcome.events.extend(self._rejections(bad))
             for d in p.decoded:
                 row = vector_of[id(d)]
                 outcome.events.extend(self._upserts(d, [v[row] for v in vectors]))
@@ -115,16 +127,17 @@ class EventHandler:
                 log.info("event.ignored", event=item.event_name, key=item.key, reason=item.reason)
                 continue
             result = await self._fetch_and_decode(item)
-            if isinstance(result, str):
-                prepared.dead_letter_reason = result
+            if isinstance(result, _Rejected):
+                prepared.dead_letter_reason = result.reason
+                prepared.rejected.append(result)
             elif result is None:
                 prepared.deletions.append(item)
             else:
                 prepared.decoded.append(result)
         return prepared
 
-    async def _fetch_and_decode(self, change: ImageChange) -> _Decoded | str | None:
-        """The object as S3 holds it now, decoded; None if it is gone; or a dead-letter reason.
+    async def _fetch_and_decode(self, change: ImageChange) -> _Decoded | _Rejected | None:
+        """The object as S3 holds it now, decoded; None if it is gone; or why it cannot be.
 
         An event says "this key changed", not what it holds now: the extractor describes
         the object as it is when the event is handled. So a removed event for an object that
@@ -135,7 +148,8 @@ class EventHandler:
         """
         limit = self._settings.max_image_bytes
         if change.kind is ChangeKind.CREATED and change.size is not None and change.size > limit:
-            return f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
+            reason = f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
+            return _Rejected(change, change.etag, reason)
         try:
             obj = await asyncio.to_thread(
                 fetch_object, self._s3, change.bucket, change.key, max_bytes=limit
@@ -145,10 +159,10 @@ class EventHandler:
                 log.info("event.stale", image_id=change.image_id, why=str(exc))
             return None
         except ObjectTooLarge as exc:
-            return f"oversize upload: {exc}"
+            return _Rejected(change, exc.etag, f"oversize upload: {exc}")
         if change.etag and obj.etag != change.etag:
             log.info(
-                "event.newer_object", image_id=change.image_id, event=change.etag, now=obj.etag
+                "event.newer_object", image_id=change.image_id, announced=change.etag, now=obj.etag
             )
         elif change.kind is ChangeKind.REMOVED:
             log.info("event.object_back", image_id=change.image_id, etag=obj.etag)
@@ -157,7 +171,7 @@ class EventHandler:
                 decode_image, obj.data, max_pixels=self._settings.max_image_pixels
             )
         except UndecodableImage as exc:
-            return f"undecodable image {change.image_id}: {exc}"
+            return _Rejected(change, obj.etag, f"undecodable image {change.image_id}: {exc}")
         return _Decoded(change, obj, image)
 
     def _deletions(self, change: ImageChange) -> list[FeatureEvent]:
@@ -169,6 +183,21 @@ class EventHandler:
                 key=change.key,
                 feature=spec.name,
                 feature_version=spec.version,
+            )
+            for spec in self._features
+        ]
+
+    def _rejections(self, bad: _Rejected) -> list[FeatureEvent]:
+        return [
+            FeatureEvent(
+                op=FeatureOp.REJECT,
+                image_id=bad.change.image_id,
+                bucket=bad.change.bucket,
+                key=bad.change.key,
+                feature=spec.name,
+                feature_version=spec.version,
+                etag=bad.etag,
+                reason=bad.reason,
             )
             for spec in self._features
         ]

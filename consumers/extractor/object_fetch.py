@@ -20,7 +20,9 @@ class ObjectGone(LookupError):
 
 
 class ObjectTooLarge(ValueError):
-    pass
+    def __init__(self, message: str, etag: str | None) -> None:
+        super().__init__(message)
+        self.etag = etag
 
 
 def fetch_object(s3: Minio, bucket: str, key: str, *, max_bytes: int) -> FetchedObject:
@@ -35,10 +37,10 @@ def fetch_object(s3: Minio, bucket: str, key: str, *, max_bytes: int) -> Fetched
         etag = (response.headers.get("ETag") or "").strip('"')
         declared = int(response.headers.get("Content-Length") or 0)
         if declared > max_bytes:
-            raise ObjectTooLarge(f"{declared:,} bytes is over the {max_bytes:,}-byte limit")
+            raise ObjectTooLarge(f"{declared:,} bytes is over the {max_bytes:,}-byte limit", etag)
         data = response.read(amt=max_bytes + 1)
         if len(data) > max_bytes:
-            raise ObjectTooLarge(f"more than {max_bytes:,} bytes (limit)")
+            raise ObjectTooLarge(f"more than {max_bytes:,} bytes (limit)", etag)
         return FetchedObject(data=data, etag=etag, size=len(data))
     finally:
         response.close()

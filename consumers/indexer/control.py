@@ -107,10 +107,13 @@ class ControlService:
         report = InventoryReport(ok=False, feature=command.feature, **self._shard())
         if index is None:
             return report.model_copy(update={"error": f"no index for {command.feature!r} here"})
-        etags = await asyncio.to_thread(
-            lambda: {image_id: rec.etag for image_id, rec in self._store.records(index.name)}
+        etags, rejected = await asyncio.to_thread(
+            lambda: (
+                {image_id: rec.etag for image_id, rec in self._store.records(index.name)},
+                dict(self._store.rejections(index.name)),
+            )
         )
-        return report.model_copy(update={"ok": True, "etags": etags})
+        return report.model_copy(update={"ok": True, "etags": etags, "rejected": rejected})
 
     async def rebuild(self, command: RebuildCommand) -> RebuildReport:
         report = RebuildReport(

@@ -32,7 +32,7 @@ from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch, end_of_log
 from consumers.kafka.runner import Batch, ConsumeLoop, Record
 from index_store.feature_index import FeatureIndex
-from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Upsert
+from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Reject, Upsert
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
 from schemas.message import MessageError
 from schemas.settings import Settings
@@ -273,7 +273,7 @@ def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
     """Why this index cannot take `event` (it would fail half-way in the index), or None."""
     if event.feature != spec.name:
         return f"a {event.feature!r} event on the {spec.name!r} topic"
-    if event.op is FeatureOp.DELETE:
+    if event.op is not FeatureOp.UPSERT:
         return None
     assert event.vector is not None  # FeatureEvent's validator guarantees it for upserts
     if event.vector_kind is not spec.vector_kind or event.dim != spec.dim:
@@ -292,6 +292,8 @@ def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
 def _to_change(event: FeatureEvent) -> Change:
     if event.op is FeatureOp.DELETE:
         return Delete(event.image_id)
+    if event.op is FeatureOp.REJECT:
+        return Reject(event.image_id, event.etag, event.reason or "rejected by the extractor")
     assert event.vector is not None  # guaranteed by FeatureEvent's validator
     record = ImageRecord(bucket=event.bucket, key=event.key, etag=event.etag, size=event.size)
     return Upsert(event.image_id, event.vector, record)

@@ -199,8 +199,15 @@ class Reconciler:
         )
 
     def _indexed(self) -> dict[str, dict[str, str | None]]:
-        """feature -> image id -> eTag, from the store of record (one read per index)."""
+        """feature -> image id -> eTag the index accounts for: indexed, or rejected (an object
+        version that cannot be described is not missing, and is not sent again)."""
         return {
-            feature: {image_id: rec.etag for image_id, rec in self._store.records(index.name)}
+            feature: accounted_for(self._store, index.name)
             for feature, index in self._indexes.items()
         }
+
+
+def accounted_for(store: FeatureStore, index: str) -> dict[str, str | None]:
+    etags = {image_id: rec.etag for image_id, rec in store.records(index)}
+    etags.update(store.rejections(index))
+    return etags
