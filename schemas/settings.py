@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         3, ge=1, description="tries of a message that fails deterministically, then dead letter"
     )
     retry_backoff_max_s: float = Field(
-        30.0, gt=0, description="longest wait between retries of a transient failure"
+        10.0, gt=0, description="longest wait between retries of a transient failure"
     )
     log_check_interval_s: float = Field(
         2.0, gt=0, description="how often consumers check they still read the log they think"

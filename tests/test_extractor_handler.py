@@ -44,7 +44,7 @@ class FakeS3:
 
     def get_object(self, bucket: str, key: str) -> FakeResponse:
         if self.down:
-            raise MaxRetryError(cast(Any, None), "/", "connection refused")
+            raise MaxRetryError(cast(Any, None), "/", ConnectionRefusedError())
         if key not in self.objects:
             raise S3Error(cast(Any, None), "NoSuchKey", "gone", key, "r", "h")
         return FakeResponse(*self.objects[key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -52,7 +53,9 @@ async def run_indexer(
     producer = make_producer(settings)
     await producer.start()
     reconciler = Reconciler(settings, s3, store, indexes, producer)
-    schedule = ReconcileSchedule(reconciler, settings.reconcile_interval_s)
+    schedule = ReconcileSchedule(
+        reconciler, settings.reconcile_interval_s, settings.reconcile_grace_s
+    )
     ingest = IngestService(
         settings,
         features,
@@ -148,32 +151,49 @@ class SearchServing:
 
 
 class ReconcileSchedule:
-    """When to reconcile: when asked (`soon`: start, a new log), and every `interval_s`
-    (0 = only when asked). It waits until ingest has caught up with its topics, so that a
-    backlog is not mistaken for missing images."""
+    """When to reconcile: when asked (`soon`: start, a new log, the S3 gateway's start), and
+    every `interval_s` (0 = only when asked). An asked-for round is followed by a second one
+    once `grace_s` has passed, because the first leaves recently changed objects to events
+    that may have been lost. Each round waits until ingest has caught up with its topics, so
+    that a backlog is not mistaken for missing images."""
 
-    def __init__(self, reconciler: Reconciler, interval_s: float) -> None:
+    def __init__(self, reconciler: Reconciler, interval_s: float, grace_s: float) -> None:
         self._reconciler = reconciler
         self._interval_s = interval_s
+        self._grace_s = grace_s
         self._reasons: list[str] = []
+        self._follow_ups: list[tuple[float, str]] = []  # (when, why)
         self._wake = asyncio.Event()
 
     def soon(self, why: str) -> None:
         self._reasons.append(why)
         self._wake.set()
+        follow_up_at = time.monotonic() + self._grace_s + 1.0
+        self._follow_ups.append((follow_up_at, f"follow-up of: {why}"))
+
+    def _timeout(self) -> float | None:
+        waits = [self._interval_s] if self._interval_s > 0 else []
+        waits += [max(0.0, when - time.monotonic()) for when, _ in self._follow_ups]
+        return min(waits) if waits else None
+
+    def _due(self) -> str:
+        now = time.monotonic()
+        due = [why for when, why in self._follow_ups if when <= now]
+        self._follow_ups = [(w, why) for w, why in self._follow_ups if w > now]
+        reasons = [*self._reasons, *due]
+        self._reasons.clear()
+        return "; ".join(dict.fromkeys(reasons)) or "periodic"
 
     async def run(self, ingest: IngestService, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            timeout = self._interval_s if self._interval_s > 0 else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), self._timeout())
             self._wake.clear()
-            reason = "; ".join(dict.fromkeys(self._reasons)) or "periodic"
-            self._reasons.clear()
+            reason = self._due()
             await _caught_up(ingest, limit_s=60.0)
             try:
                 await self._reconciler.run(reason)
-            except Exception as exc:  # S3 or the broker away: the next round repairs it
+            except Exception as exc:  # S3 or the broker away: try again soon
                 log.warning("reconcile.failed", reason=reason, error=repr(exc))
                 self._reasons.append(reason)
                 await asyncio.sleep(5.0)
