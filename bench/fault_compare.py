@@ -17,6 +17,7 @@ from minio import Minio
 
 from producers.search_client import SearchClient, SearchTimeout
 from schemas.minio_events import looks_like_image
+from schemas.search import SearchRequest
 from schemas.settings import Settings
 
 INVENTORY_TIMEOUT_S = 10.0
@@ -44,8 +45,12 @@ class FeatureDiff:
 @dataclass
 class Comparison:
     at: float  # time.monotonic() when the last inventory came back
-    bucket_images: int
+    bucket: dict[str, str]  # image id -> eTag, what the indexes were compared with
     features: dict[str, FeatureDiff]
+
+    @property
+    def bucket_images(self) -> int:
+        return len(self.bucket)
 
     @property
     def equal(self) -> bool:
@@ -132,7 +137,7 @@ class Comparer:
         inventories = await asyncio.gather(*(index_etags(client, f) for f in features))
         return Comparison(
             at=time.monotonic(),
-            bucket_images=len(bucket),
+            bucket=bucket,
             features={
                 f: diff(bucket, inv, self._ignore)
                 for f, inv in zip(features, inventories, strict=True)
@@ -174,3 +179,20 @@ class Comparer:
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - polled)))
         finally:
             await client.stop()
+
+
+async def searchable_by_id(settings: Settings, image_ids: list[str]) -> tuple[int, int]:
+    """(found, asked): each id searched by id in each feature index; an inventory says what
+    an index holds, this says a search finds it."""
+    found = asked = 0
+    async with SearchClient(settings) as client:
+        for feature in settings.feature_names:
+            for image_id in image_ids:
+                asked += 1
+                request = SearchRequest(image_id=image_id, feature=feature, k=1)
+                try:
+                    reply = await client.search(request, timeout=5.0)
+                except SearchTimeout:
+                    continue
+                found += reply.ok
+    return found, asked

@@ -121,8 +121,8 @@ def poison_feature_events(
     return events
 
 
-async def serving_versions(settings: Settings) -> dict[str, str]:
-    """feature -> the version the extractors publish now, read off the newest event of each
+async def serving_versions(settings: Settings, timeout: float = 10.0) -> dict[str, str]:
+    """feature -> the version the extractors publish now, read off the newest events of each
     feature topic (the indexers serve what the extractors make)."""
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
@@ -137,18 +137,28 @@ async def serving_versions(settings: Settings) -> dict[str, str]:
             if not tps:
                 continue
             consumer.assign(tps)
-            for tp in tps:
-                consumer.seek(tp, ends[tp] - 1)
-            batches = await consumer.getmany(*tps, timeout_ms=5000)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        versions[feature] = FeatureEvent.from_bytes(record.value).feature_version
-                    except MessageError:
-                        continue
+            for tp in tps:  # a few back: Tansu may report the end of a batch as its start
+                consumer.seek(tp, max(0, ends[tp] - 3))
+            found = await _first_version(consumer, timeout)
+            if found is not None:
+                versions[feature] = found
     finally:
         await consumer.stop()
     return versions
+
+
+async def _first_version(consumer: AIOKafkaConsumer, timeout: float) -> str | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in reversed(records):
+                try:
+                    return FeatureEvent.from_bytes(record.value).feature_version
+                except MessageError:
+                    continue
+    return None
 
 
 class DeadLetterWatch:

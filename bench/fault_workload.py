@@ -16,15 +16,36 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import urllib3
 from minio import Minio
 from PIL import Image, ImageEnhance
 
 from lookalike.samples import photos
 from producers.uploads import upload_bytes
+from schemas.settings import Settings
 
 T = TypeVar("T")
 
 IMAGE_SIDE = 96  # small: decoding and the cheap features cost little; CLIP resizes anyway
+
+
+def fail_fast_client(settings: Settings) -> Minio:
+    """The workload's S3 client: like `lookalike.s3.s3_client`, but an unreachable S3 fails
+    an operation within seconds (the minio default retries 5 times, with 5-minute timeouts,
+    which would only delay the uploads of an outage until it ends)."""
+    http = urllib3.PoolManager(
+        maxsize=16,
+        timeout=urllib3.Timeout(connect=2.0, read=20.0),
+        retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
 
 
 class ImageMaker:

@@ -31,11 +31,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.fault_compare import Comparer, Comparison
+from bench.fault_compare import Comparer, Comparison, searchable_by_id
 from bench.fault_injections import FAULTS, FaultContext
-from bench.fault_workload import ImageMaker, MixedWorkload, S3Ops
+from bench.fault_workload import ImageMaker, MixedWorkload, S3Ops, fail_fast_client
 from lookalike.s3 import s3_client
 from lookalike.stack import Stack
+from schemas.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Harness:
         self.plan = plan
         self.quick = quick
         self.settings = stack.settings
-        self.ops = S3Ops(s3_client(self.settings), self.settings.bucket)
+        self.ops = S3Ops(fail_fast_client(self.settings), self.settings.bucket)
         self.images = ImageMaker(seed=1)
         self.unindexable: set[str] = set()
         self.comparer = Comparer(self.settings, s3_client(self.settings), self.unindexable)
@@ -145,6 +146,8 @@ class Harness:
                 await check()
             except Exception as exc:
                 row.notes.append(f"check failed: {exc!r}")
+        if row.comparison.equal:
+            await self.spot_check(row, f"{self.settings.bucket}/{name}/")
         if row.failed:
             row.notes.append(f"{row.failed} S3 operations failed (not in the bucket, not counted)")
         if not row.comparison.equal:
@@ -153,8 +156,19 @@ class Harness:
         progress(f"[{name}] converged: {shown}; {row.comparison.bucket_images} images in bucket")
         return row
 
+    async def spot_check(self, row: RowResult, prefix: str) -> None:
+        """A few of the row's images searched by id in every index."""
+        assert row.comparison is not None
+        mine = [i for i in row.comparison.bucket if i.startswith(prefix)]
+        sample = random.Random(0).sample(mine, min(4, len(mine)))
+        if sample:
+            found, asked = await searchable_by_id(self.settings, sample)
+            row.notes.append(f"search by id: {found}/{asked} found")
 
-def print_report(rows: list[RowResult], plan: Plan, quick: bool, argv: list[str]) -> None:
+
+def print_report(
+    rows: list[RowResult], plan: Plan, settings: Settings, quick: bool, argv: list[str]
+) -> None:
     cpu = os.cpu_count()
     print(
         f"\nFault benchmark on {platform.node()} ({platform.machine()}, {cpu} cores, "
@@ -163,7 +177,8 @@ def print_report(rows: list[RowResult], plan: Plan, quick: bool, argv: list[str]
     print(
         f"workload {plan.rate:g} ops/s (60% uploads, 25% overwrites, 15% deletes, 96x96 JPEGs), "
         f"{plan.pre_s:g}s before each fault and {plan.post_s:g}s after; "
-        f"LOOKALIKE_RECONCILE_INTERVAL_S={plan.reconcile_interval_s:g}; "
+        f"LOOKALIKE_RECONCILE_INTERVAL_S={settings.reconcile_interval_s:g}, "
+        f"LOOKALIKE_RECONCILE_GRACE_S={settings.reconcile_grace_s:g}; "
         f"CLIP {plan.clip_model} (random weights); {plan.extractors} extractor(s) per group; "
         f"wait limit {plan.wait_s:g}s{' (quick)' if quick else ''}\n"
     )
@@ -218,6 +233,7 @@ def main() -> None:
     parser.add_argument("--post", type=float, help="seconds of workload after the fault")
     parser.add_argument("--wait", type=float, help="longest wait for convergence, seconds")
     parser.add_argument("--reconcile-interval", type=float, default=10.0)
+    parser.add_argument("--reconcile-grace", type=float, help="default: the system's own")
     parser.add_argument("--extractors", type=int, default=1, help="per extractor group")
     parser.add_argument("--clip-model", default="ViT-S-32")
     parser.add_argument("--data-dir", type=Path, help="keep the stack's data and logs here")
@@ -232,6 +248,8 @@ def main() -> None:
         "LOOKALIKE_CLIP_MODEL": plan.clip_model,
         "LOOKALIKE_RECONCILE_INTERVAL_S": f"{plan.reconcile_interval_s:g}",
     }
+    if args.reconcile_grace is not None:
+        env["LOOKALIKE_RECONCILE_GRACE_S"] = f"{args.reconcile_grace:g}"
     stack = Stack(data_dir, extractors=plan.extractors, env=env)
     progress(f"starting the embedded stack in {data_dir} ({env}) ...")
     started = time.monotonic()
@@ -245,7 +263,7 @@ def main() -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             progress(f"logs kept in {data_dir / 'logs'}")
-    print_report(results, plan, args.quick, sys.argv[1:])
+    print_report(results, plan, stack.settings, args.quick, sys.argv[1:])
     progress(f"total {time.monotonic() - started:.0f}s")
 
 

@@ -136,7 +136,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from lookalike.stack import Stack
 
     _sigterm_as_ctrl_c()
-    run_demo(Stack(settings.data_dir), keep_running=args.keep_running)
+    stack = Stack(settings.data_dir, on_process_event=_print_process_event)
+    run_demo(stack, keep_running=args.keep_running)
     return 0
 
 
@@ -171,16 +172,14 @@ def _print_process_event(event: ProcessEvent) -> None:
     from lookalike.supervisor import EventKind
 
     if event.kind is EventKind.DIED:
-        print(f"!! {event.name} (pid {event.pid}) died: {event.reason}; log {event.log_path}")
-        for line in event.log_tail[-3:]:
-            print(f"   | {line[:200]}")
-        print(f"   restarting it in {event.delay_s:g}s")
+        lines = [f"!! {event.name} (pid {event.pid}) died: {event.reason}; log {event.log_path}"]
+        lines += [f"   | {line[:200]}" for line in event.log_tail[-3:]]
+        lines.append(f"   restarting it in {event.delay_s:g}s")
     elif event.kind is EventKind.RESTARTED:
-        print(f"ok {event.name} restarted (pid {event.pid}, restart {event.restarts})")
+        lines = [f"ok {event.name} restarted (pid {event.pid}, restart {event.restarts})"]
     else:
-        print(
-            f"!! {event.name} could not be restarted: {event.reason}; again in {event.delay_s:g}s"
-        )
+        lines = [f"!! {event.name} not restarted: {event.reason}; next try in {event.delay_s:g}s"]
+    print("\n".join(lines), flush=True)  # from the supervisor thread, at once
 
 
 def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
@@ -192,6 +191,7 @@ def cmd_create_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     """Reconciliation on demand: the indexers compare with the bucket and repair."""
+    from aiokafka.errors import KafkaError
     from rich.console import Console
 
     from lookalike.backfill_view import backfill, reconcile_table, summary
@@ -202,6 +202,9 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
         reports = asyncio.run(backfill(settings, args.timeout, Console(stderr=True)))
     except SearchTimeout:
         console.print(f"[red]no indexer answered within {args.timeout:g}s[/] (is the stack up?)")
+        return 1
+    except KafkaError as exc:
+        console.print(f"[red]broker {settings.kafka_bootstrap} unreachable:[/] {exc}")
         return 1
     console.print(reconcile_table(reports))
     console.print(summary(reports), highlight=False)

@@ -43,9 +43,9 @@ async def broker_state(settings: Settings, groups: Sequence[str]) -> BrokerState
     committed nothing on a partition reads it from the beginning (auto_offset_reset earliest),
     so its lag there is everything the partition holds."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = make_consumer(settings, group_id=None)
     await admin.start()
     try:
+        consumer = make_consumer(settings, group_id=None)
         await consumer.start()
         try:
             cluster = await admin.describe_cluster()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import structlog
 
 from lookalike.embedded import Infrastructure, ManagedProcess
+from lookalike.pools import extractor_pools
 from lookalike.process_table import FILE_NAME as PROCESS_TABLE
 from lookalike.s3 import s3_client
 from lookalike.supervisor import ProcessEvent, Supervisor
@@ -30,17 +31,6 @@ log = structlog.get_logger(__name__)
 
 ENV_FILE = "stack.env"
 T = TypeVar("T")
-
-
-def extractor_pools(settings: Settings) -> list[str]:
-    """One extractor group per pool (`LOOKALIKE_EXTRACTOR_POOLS`), each limited to the
-    enabled features: e.g. ["phash,colour,copy", "clip"]."""
-    pools = []
-    for pool in settings.extractor_pools.split(";"):
-        names = [n for n in pool.split(",") if n in settings.feature_names]
-        if names:
-            pools.append(",".join(names))
-    return pools
 
 
 class Stack:
@@ -102,6 +92,16 @@ class Stack:
             return [*infra, *self.extractors, *self.indexers.values()]
 
     def start(self) -> None:
+        """Start every process and wait until search answers; then supervise them. If any part
+        fails to start, what did start is stopped again before the error is raised."""
+        try:
+            self._start_all()
+        except BaseException:
+            self.stop()
+            raise
+        self.supervisor.start()
+
+    def _start_all(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._start_broker()
@@ -114,8 +114,8 @@ class Stack:
             for shard in range(self.shards):
                 for replica in range(self.replicas):
                     self.start_indexer(shard, replica, wait=False)
-        self.wait_until_serving()  # fails fast if a process dies while starting
-        self.supervisor.start()
+        # Fails fast if a process dies while starting; CLIP models load slowly on busy machines.
+        self.wait_until_serving(timeout=120.0)
 
     def extractor_pools(self) -> list[str]:
         return extractor_pools(self.settings)

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lookalike.kafka_state import BrokerState, broker_state
+from lookalike.pools import extractor_groups
 from lookalike.process_table import FILE_NAME, ProcessState, ProcessTable, read_table
-from lookalike.stack import extractor_pools
 from producers.search_client import SearchClient, SearchTimeout
 from schemas.control import IndexerStatus
 from schemas.settings import Settings
@@ -42,11 +42,6 @@ class StatusReport:
             p.state is not ProcessState.RUNNING for p in self.table.processes
         )
         return self.broker is not None and bool(self.indexers) and not down
-
-
-def extractor_groups(settings: Settings) -> list[str]:
-    """The consumer group of each extractor pool (as the embedded stack starts them)."""
-    return [settings.extractor_group_for(pool.split(",")) for pool in extractor_pools(settings)]
 
 
 async def gather_status(settings: Settings, timeout: float = 2.0) -> StatusReport:

@@ -131,7 +131,9 @@ class NotifyingS3:
 async def _ask_for_reconciliation(producer: AIOKafkaProducer, settings: Settings) -> None:
     """A gateway that stopped uncleanly may have written objects whose events it never
     published: ask the indexers to compare with the bucket (no reply wanted)."""
-    command = ReconcileCommand(reason="s3 gateway started (events may have been lost)")
+    command = ReconcileCommand(
+        reason="s3 gateway started (events may have been lost)", grace_s=None
+    )
     try:
         await producer.send_and_wait(settings.control_topic, command.to_bytes())
     except Exception:

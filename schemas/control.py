@@ -39,6 +39,12 @@ class ReconcileCommand(Message):
     schema_version: Literal[1] = 1
     command: Literal["reconcile"] = "reconcile"
     reason: str = Field("operator", description="why: shows in the indexers' logs")
+    grace_s: float | None = Field(
+        0.0,
+        ge=0,
+        description="leave objects changed this recently to their events; None = the "
+        "indexer's LOOKALIKE_RECONCILE_GRACE_S (an operator's request: everything, now)",
+    )
 
 
 class StatusCommand(Message):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # --- Search ---------------------------------------------------------------------------
     near_duplicate_max_distance: int = Field(
         90, description="Hamming distance (of 576 bits) under which two images are near-dupes."
+    )
+    alert_max_distance: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="per-feature near-duplicate alert thresholds, each in its feature's own "
+        'metric, e.g. {"colour": 0.1} (JSON); features not named keep their measured '
+        "default (FeatureSpec.alert_max_distance, BENCHMARKS.md)",
     )
     near_duplicate_k: int = 5
 

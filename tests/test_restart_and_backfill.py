@@ -67,8 +67,11 @@ async def test_indexer_restart_keeps_results(
     stack.start_indexer(wait=False)
     after = await eventually(lambda: by_id(search, probe), found, timeout=60)
     assert after is not None
-    assert [(h.image_id, h.distance) for h in after.hits] == [
-        (h.image_id, h.distance) for h in before.hits
+    # Its own images come back at the same distances (reconciliation at the restart may add
+    # images other tests left out of step with the bucket, so only this test's are compared).
+    ours = f"{settings.bucket}/{prefix}/"
+    assert [(h.image_id, h.distance) for h in after.hits if h.image_id.startswith(ours)] == [
+        (h.image_id, h.distance) for h in before.hits if h.image_id.startswith(ours)
     ]
     assert after.indexed >= before.indexed
 

@@ -19,13 +19,14 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.kafka.clients import make_consumer
+from lookalike import cli
 from lookalike.embedded import ManagedProcess
 from lookalike.process_table import FILE_NAME, ProcessRow, ProcessState, read_table
 from lookalike.s3 import s3_client
 from lookalike.samples import distinct_jpegs
 from lookalike.stack import Stack
 from lookalike.supervisor import Backoff, EventKind, ProcessEvent, Supervisor
-from producers.search_client import SearchClient
+from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import upload_bytes
 from schemas.search import SearchRequest
 from schemas.settings import Settings
@@ -130,6 +131,21 @@ def test_a_process_that_keeps_failing_is_restarted_with_growing_backoff(watched:
     assert "boom: bad config" in died[0].log_tail  # says why, from its log
 
 
+def test_lookalike_up_prints_which_process_died_why_and_its_return(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log_path = tmp_path / "logs" / "indexer.log"
+    tail = ("Traceback (most recent call last):", "ValueError: item has 8 bytes, index holds 72")
+    died = ProcessEvent(EventKind.DIED, "indexer", "exit code 1", log_path, 41, 0, 2.0, tail)
+    cli._print_process_event(died)
+    cli._print_process_event(ProcessEvent(EventKind.RESTARTED, "indexer", "", log_path, 42, 1))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"!! indexer (pid 41) died: exit code 1; log {log_path}"
+    assert out[2] == "   | ValueError: item has 8 bytes, index holds 72"
+    assert out[3] == "   restarting it in 2s"
+    assert out[4] == "ok indexer restarted (pid 42, restart 1)"
+
+
 # --- A real embedded stack (phash only, to keep it light) ------------------------------------
 
 
@@ -167,11 +183,15 @@ async def upload_and_find(stack: Stack, prefix: str, count: int = 3) -> None:
         ids.append(f"{settings.bucket}/{prefix}/{i}.jpg")
     async with SearchClient(settings) as search:
         for image_id in ids:
-            await eventually(
-                partial(search.search, SearchRequest(image_id=image_id, k=1), timeout=2.0),
-                lambda r: r.ok,
-                timeout=60,
-            )
+            await eventually(partial(found, search, image_id), bool, timeout=60)
+
+
+async def found(search: SearchClient, image_id: str) -> bool:
+    """False while not indexed, or while no indexer answers (one is restarting)."""
+    try:
+        return (await search.search(SearchRequest(image_id=image_id, k=1), timeout=2.0)).ok
+    except SearchTimeout:
+        return False
 
 
 @pytest.mark.integration

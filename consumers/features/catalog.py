@@ -1,8 +1,16 @@
-"""Which features this build knows, and how to build each from Settings."""
+"""Which features this build knows, and how to build each from Settings.
+
+Each feature's near-duplicate alert threshold (`alert_max_distance`) is part of its definition:
+the values below are what `python -m bench.alert_thresholds` chose by its rule (the run is in
+BENCHMARKS.md, "Near-duplicate alert thresholds"); LOOKALIKE_ALERT_MAX_DISTANCE overrides them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+
+import structlog
 
 from consumers.features import colour_histogram, copy_signature, phash
 from consumers.features.contract import FeatureSpec
@@ -10,12 +18,15 @@ from index_store.metric import Metric
 from schemas.features import VectorKind
 from schemas.settings import Settings
 
+log = structlog.get_logger(__name__)
+
 PHASH = FeatureSpec(
     name=phash.NAME,
     version=phash.VERSION,
     vector_kind=VectorKind.BITS,
     dim=phash.BITS,
     metric=Metric.HAMMING,
+    alert_max_distance=233,
     describe_batch=lambda images: [phash.phash(img) for img in images],
     # Query with the image and its mirror: mirrored copies are found too.
     describe_query=lambda img: list(phash.phash_with_mirror(img)),
@@ -27,6 +38,7 @@ COLOUR = FeatureSpec(
     vector_kind=VectorKind.FLOAT32,
     dim=colour_histogram.DIM,
     metric=Metric.L1,
+    alert_max_distance=0.138,
     describe_batch=lambda images: [colour_histogram.describe(img) for img in images],
 )
 
@@ -36,6 +48,7 @@ COPY = FeatureSpec(
     vector_kind=VectorKind.BITS,
     dim=copy_signature.CODES * copy_signature.CODE_BITS,
     metric=Metric.HAMMING,
+    alert_max_distance=157,  # Hamming bits of the closest of the 18 x 18 code pairs
     describe_batch=lambda images: [copy_signature.describe(img) for img in images],
     describe_query=copy_signature.query_codes,
     codes_per_item=copy_signature.CODES,
@@ -43,28 +56,52 @@ COPY = FeatureSpec(
 
 KNOWN = ("phash", "colour", "copy", "clip")
 
+# CLIP's threshold was measured for the default architecture with RANDOM weights (nothing can
+# be downloaded where the benchmark ran): it means nothing for trained weights. A deployment
+# with real weights runs the benchmark with them and sets LOOKALIKE_ALERT_MAX_DISTANCE.
+CLIP_ALERT_MEASURED_FOR = ("ViT-B-32", None)  # (model, pretrained)
+CLIP_ALERT_MAX_DISTANCE = 0.00624
+
 
 def clip_feature(settings: Settings) -> FeatureSpec:
     from consumers.features.clip_embed import NAME, ClipEmbedder
 
     embedder = ClipEmbedder(settings.clip_model, settings.clip_pretrained, settings.device)
+    measured_for = (settings.clip_model, settings.clip_pretrained or None)
+    if measured_for != CLIP_ALERT_MEASURED_FOR and NAME not in settings.alert_max_distance:
+        log.warning(
+            "clip.alert_threshold_not_measured",
+            model=settings.clip_model,
+            pretrained=settings.clip_pretrained,
+            measured_for=CLIP_ALERT_MEASURED_FOR,
+            alert_max_distance=CLIP_ALERT_MAX_DISTANCE,
+            fix="python -m bench.alert_thresholds with these settings, then set "
+            "LOOKALIKE_ALERT_MAX_DISTANCE",
+        )
     return FeatureSpec(
         name=NAME,
         version=embedder.version,
         vector_kind=VectorKind.FLOAT32,
         dim=embedder.dim,
         metric=Metric.COSINE,
+        alert_max_distance=CLIP_ALERT_MAX_DISTANCE,
         describe_batch=lambda images: [row.tobytes() for row in embedder.embed_images(images)],
         describe_text=lambda text: embedder.embed_text([text])[0].tobytes(),
     )
 
 
 def build_features(settings: Settings, names: Sequence[str] | None = None) -> list[FeatureSpec]:
-    """The configured features (CLIP loads its model here: do it once per process)."""
+    """The configured features (CLIP loads its model here: do it once per process), each
+    with its alert threshold as configured (LOOKALIKE_ALERT_MAX_DISTANCE) or its default."""
     wanted = list(names) if names is not None else settings.feature_names
     unknown = sorted(set(wanted) - set(KNOWN))
     if unknown:
         raise ValueError(f"unknown features {unknown}; known: {list(KNOWN)}")
+    unknown = sorted(set(settings.alert_max_distance) - set(KNOWN))
+    if unknown:
+        raise ValueError(
+            f"LOOKALIKE_ALERT_MAX_DISTANCE names unknown features {unknown}; known: {list(KNOWN)}"
+        )
     specs: list[FeatureSpec] = []
     for name in wanted:
         if name == "phash":
@@ -75,4 +112,12 @@ def build_features(settings: Settings, names: Sequence[str] | None = None) -> li
             specs.append(COPY)
         else:
             specs.append(clip_feature(settings))
-    return specs
+    return [with_alert_override(spec, settings) for spec in specs]
+
+
+def with_alert_override(spec: FeatureSpec, settings: Settings) -> FeatureSpec:
+    """`spec` with the configured alert threshold, if one is set for it (range-checked)."""
+    override = settings.alert_max_distance.get(spec.name)
+    if override is None:
+        return spec
+    return dataclasses.replace(spec, alert_max_distance=float(override))

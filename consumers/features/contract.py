@@ -2,8 +2,10 @@
 
 A feature has a name (its topic and index), a version (model, weights, preprocessing: it
 names the index, so two versions never mix), the kind of vector it makes and how those are
-compared, and functions that describe a batch of decoded images, a query image (possibly as
-several vectors, e.g. a hash and its mirror) and, for joint image-text models, a text.
+compared, how close another image must be to count as a near duplicate of a new one (the
+alert threshold, in the feature's own metric), and functions that describe a batch of decoded
+images, a query image (possibly as several vectors, e.g. a hash and its mirror) and, for joint
+image-text models, a text.
 """
 
 from __future__ import annotations
@@ -24,10 +26,31 @@ class FeatureSpec:
     vector_kind: VectorKind
     dim: int
     metric: Metric
+    # Near-duplicate alerts list the other images at most this far from a new one, in this
+    # feature's metric (Hamming bits of one code, or of the closest code pair; L1; cosine
+    # distance). Defaults are measured by bench/alert_thresholds.py; LOOKALIKE_ALERT_MAX_DISTANCE
+    # overrides them per feature (catalog.build_features).
+    alert_max_distance: float
     describe_batch: Callable[[Sequence[Image.Image]], list[bytes]]
     describe_query: Callable[[Image.Image], list[bytes]] | None = None
     describe_text: Callable[[str], bytes] | None = None
     codes_per_item: int = 1  # BITS features: several codes per image, matched by the closest
+
+    def __post_init__(self) -> None:
+        low, high = self.distance_range
+        if not low <= self.alert_max_distance <= high:
+            raise ValueError(
+                f"alert_max_distance {self.alert_max_distance:g} of feature {self.name!r} is "
+                f"outside the range of its {self.metric.value} distances [{low:g}, {high:g}]"
+            )
+
+    @property
+    def distance_range(self) -> tuple[float, float]:
+        """The smallest and largest distance two of this feature's images can have."""
+        if self.metric is Metric.HAMMING:
+            return 0.0, float(self.dim // self.codes_per_item)  # bits of one code
+        # Cosine distance of unit vectors; L1 of distributions (histograms that sum to 1).
+        return 0.0, 2.0
 
     @property
     def vector_bytes(self) -> int:

@@ -80,7 +80,7 @@ class ControlService:
         return await self.inventory(command)
 
     async def reconcile(self, command: ReconcileCommand) -> ReconcileReport:
-        report = await self._reconciler.run(command.reason)
+        report = await self._reconciler.run(command.reason, command.grace_s)
         return report.model_copy(update=self._shard())
 
     async def status(self) -> IndexerStatus:

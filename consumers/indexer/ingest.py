@@ -253,7 +253,7 @@ class IngestService:
                         for n in index.search(
                             [u.vector],
                             s.near_duplicate_k,
-                            getattr(spec, "alert_max_distance", None),  # TEMP
+                            spec.alert_max_distance,
                             exclude=[u.image_id],
                         )
                     ],

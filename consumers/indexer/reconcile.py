@@ -135,11 +135,13 @@ class Reconciler:
     def busy(self) -> bool:
         return self._one_at_a_time.locked()
 
-    async def run(self, reason: str) -> ReconcileReport:
+    async def run(self, reason: str, grace_s: float | None = None) -> ReconcileReport:
+        """One round; `grace_s` overrides LOOKALIKE_RECONCILE_GRACE_S."""
+        grace = self._settings.reconcile_grace_s if grace_s is None else grace_s
         async with self._one_at_a_time:
             started = time.perf_counter()
-            log.info("reconcile.started", reason=reason)
-            report = await self._run(reason)
+            log.info("reconcile.started", reason=reason, grace_s=grace)
+            report = await self._run(reason, grace)
             report = report.model_copy(update={"seconds": time.perf_counter() - started})
             self.last = report
             log.info(
@@ -153,9 +155,9 @@ class Reconciler:
             )
             return report
 
-    async def _run(self, reason: str) -> ReconcileReport:
+    async def _run(self, reason: str, grace_s: float) -> ReconcileReport:
         s = self._settings
-        settled_before = datetime.now(UTC) - timedelta(seconds=s.reconcile_grace_s)
+        settled_before = datetime.now(UTC) - timedelta(seconds=grace_s)
         bucket = await asyncio.to_thread(lambda: dict(list_bucket(self._s3, s.bucket)))
         indexed = await asyncio.to_thread(self._indexed)
         todo = plan(
