@@ -128,37 +128,31 @@ async def serving_versions(settings: Settings, timeout: float = 10.0) -> dict[st
     await consumer.start()
     versions: dict[str, str] = {}
     try:
-        await consumer.topics()
-        for feature in settings.feature_names:
-            topic = settings.features_topic(feature)
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            ends = await consumer.end_offsets(tps)
-            tps = [tp for tp in tps if ends[tp] > 0]
-            if not tps:
-                continue
-            consumer.assign(tps)
-            for tp in tps:  # a few back: Tansu may report the end of a batch as its start
-                consumer.seek(tp, max(0, ends[tp] - 3))
-            found = await _first_version(consumer, timeout)
-            if found is not None:
-                versions[feature] = found
+        await consumer.topics()  # every topic's partitions now: an assignment narrows metadata
+        feature_of = {settings.features_topic(f): f for f in settings.feature_names}
+        tps = [
+            TopicPartition(topic, p)
+            for topic in feature_of
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+        ends = await consumer.end_offsets(tps)
+        tps = [tp for tp in tps if ends[tp] > 0]
+        consumer.assign(tps)
+        for tp in tps:  # a few back: Tansu may report a batch's first offset + 1 as the end
+            consumer.seek(tp, max(0, ends[tp] - 3))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(versions) < len({tp.topic for tp in tps}) and loop.time() < deadline:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for record in records:
+                    try:
+                        event = FeatureEvent.from_bytes(record.value)
+                    except MessageError:
+                        continue
+                    versions[feature_of[tp.topic]] = event.feature_version
     finally:
         await consumer.stop()
     return versions
-
-
-async def _first_version(consumer: AIOKafkaConsumer, timeout: float) -> str | None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        batches = await consumer.getmany(timeout_ms=500)
-        for records in batches.values():
-            for record in reversed(records):
-                try:
-                    return FeatureEvent.from_bytes(record.value).feature_version
-                except MessageError:
-                    continue
-    return None
 
 
 class DeadLetterWatch:

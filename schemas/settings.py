@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +85,13 @@ class Settings(BaseSettings):
         "default (FeatureSpec.alert_max_distance, BENCHMARKS.md)",
     )
     near_duplicate_k: int = 5
+
+    @field_validator("alert_max_distance", mode="before")
+    @classmethod
+    def _alert_max_distance_json(cls, value: object) -> object:
+        # The environment is decoded as JSON already; a string given directly (e.g. the
+        # embedded stack passing its environment on as keyword arguments) is too.
+        return json.loads(value) if isinstance(value, str) else value
 
     # --- Extraction -------------------------------------------------------------------------
     features: str = Field(

@@ -5,6 +5,7 @@ and an event that no longer says what S3 holds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -73,7 +74,7 @@ def log_events(path: Path, name: str) -> list[dict[str, object]]:
     return [e for e in events if e.get("event") == name]
 
 
-async def test_uploads_after_a_stack_restart_are_all_indexed(
+def test_uploads_after_a_stack_restart_are_all_indexed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """`make demo`, then `make up`: the second stack's broker is empty, the indexer's store
@@ -84,7 +85,7 @@ async def test_uploads_after_a_stack_restart_are_all_indexed(
     try:
         settings = first.settings
         before = upload_many(s3_client(settings), settings, "before", 12, seed=1)
-        await all_indexed(settings, before)
+        asyncio.run(all_indexed(settings, before))
     finally:
         first.stop()
 
@@ -93,7 +94,7 @@ async def test_uploads_after_a_stack_restart_are_all_indexed(
     try:
         settings = second.settings
         after = upload_many(s3_client(settings), settings, "after", 30, seed=2)
-        await all_indexed(settings, before + after)
+        asyncio.run(all_indexed(settings, before + after))
         assert second.indexer is not None
         new_log = log_events(second.indexer.log_path, "ingest.new_log")
         assert any("cluster" in str(e["why"]) for e in new_log), "it should say why"

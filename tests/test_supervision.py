@@ -109,7 +109,7 @@ def test_a_crashed_process_is_restarted_and_the_table_says_so(watched: Watched) 
     assert row.pid == sleeper.pid and row.last_exit == "killed by SIGKILL"
 
 
-def test_a_killed_or_stopped_process_is_left_alone(watched: Watched) -> None:
+def test_a_killed_process_is_left_alone(watched: Watched) -> None:
     sleeper = watched.procs[0]
     sleeper.kill()
     time.sleep(0.6)  # three backoffs' worth of polls
