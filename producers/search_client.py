@@ -16,6 +16,8 @@ from typing import Protocol, Self, TypeVar, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from schemas.control import (
     ControlReport,
@@ -51,6 +53,9 @@ class SearchClient:
             enable_auto_commit=False,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
+        # Which broker log the reply positions refer to (a new cluster id: a new, empty log).
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        self._cluster_id: str | None = None
         self._pending: dict[str, asyncio.Queue[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -67,8 +72,18 @@ class SearchClient:
         await self.stop()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self._producer.stop()
+            await self._consumer.stop()
+            raise
+
+    async def _start(self) -> None:
         await self._producer.start()
         await self._consumer.start()
+        await self._admin.start()
+        self._cluster_id = await self._current_cluster_id()
         await self._consumer.topics()
         partitions = self._consumer.partitions_for_topic(self._reply_topic) or set()
         if not partitions:
@@ -87,6 +102,7 @@ class SearchClient:
                 await self._reader
         await self._consumer.stop()
         await self._producer.stop()
+        await self._admin.close()
 
     async def search(self, request: SearchRequest, timeout: float | None = None) -> SearchReply:
         """Ask every shard, merge their answers into one top-k.
@@ -186,7 +202,12 @@ class SearchClient:
         return replies
 
     async def _read_replies(self) -> None:
+        next_check = 0.0
+        loop = asyncio.get_running_loop()
         while True:
+            if loop.time() >= next_check:
+                next_check = loop.time() + self._settings.log_check_interval_s
+                await self._follow_new_log()
             batches = await self._consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
@@ -195,6 +216,22 @@ class SearchClient:
                     if inbox is None:
                         continue
                     inbox.put_nowait(record.value or b"")
+
+    async def _current_cluster_id(self) -> str | None:
+        try:
+            return str((await self._admin.describe_cluster()).get("cluster_id") or "") or None
+        except (KafkaError, OSError):
+            return None
+
+    async def _follow_new_log(self) -> None:
+        """A restarted broker (new cluster id) has a new, empty reply topic: read it from its
+        start, or replies would be awaited at the old log's offsets and never arrive."""
+        current = await self._current_cluster_id()
+        if current is None or current == self._cluster_id:
+            return
+        log.warning("search_client.new_log", cluster_id=current)
+        self._cluster_id = current
+        await self._consumer.seek_to_beginning(*self._consumer.assignment())
 
 
 class _Answer(Protocol):

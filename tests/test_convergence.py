@@ -119,11 +119,14 @@ async def test_a_broker_restart_under_running_consumers_loses_no_upload(
     s3 = s3_client(settings)
     before = upload_many(s3, settings, f"broker-{uuid.uuid4().hex[:6]}", 10, seed=3)
     await all_indexed(settings, before)
-
-    light_stack.restart_broker()  # memory lost: empty topics, a new cluster id
-    settings = light_stack.settings
-    after = upload_many(s3, settings, f"broker-after-{uuid.uuid4().hex[:6]}", 30, seed=4)
-    await all_indexed(settings, before + after)
+    async with SearchClient(settings) as long_lived:  # an application's client, open throughout
+        light_stack.restart_broker()  # memory lost: empty topics, a new cluster id
+        after = upload_many(s3, settings, f"broker-after-{uuid.uuid4().hex[:6]}", 30, seed=4)
+        await all_indexed(settings, before + after)
+        answer = await eventually(
+            lambda: reply(long_lived, after[0], "phash"), lambda r: r is not None and r.ok
+        )
+        assert answer is not None and answer.indexed >= len(before + after)
 
 
 async def publish(settings: Settings, topic: str, value: bytes, key: bytes) -> None:

@@ -35,6 +35,9 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        # A member that died hands its partitions on after this long (Kafka's minimum).
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 2000,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
