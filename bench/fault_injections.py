@@ -9,10 +9,12 @@ Blocking calls (process control, S3) run on threads.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.fault_poison import (
     DeadLetterWatch,
@@ -100,20 +102,57 @@ async def s3_down(ctx: FaultContext) -> None:
 
 
 async def rebalance(ctx: FaultContext) -> None:
-    """Per extractor group: one extractor added, then (a few seconds into the rebalance) one
-    of the group's original extractors stopped."""
+    """Per extractor group: one extractor added; once it has joined the group (its log says
+    it was assigned partitions), one of the group's original extractors stopped."""
     stack = ctx.stack
-    gap = 3.0 if ctx.quick else 8.0
     originals = {pool: _group_members(stack, pool) for pool in stack.extractor_pools()}
+    added = []
     for pool in originals:
         name = f"extractor-{pool.replace(',', '+')}-{ctx.prefix.strip('/')}"
-        await asyncio.to_thread(stack.start_extractor, pool, name)
-    await asyncio.sleep(gap)
+        log_path = stack.data_dir / "logs" / f"{name}.log"
+        logged = log_path.stat().st_size if log_path.exists() else 0  # a re-run appends
+        added.append((await asyncio.to_thread(stack.start_extractor, pool, name), logged))
+    started = time.monotonic()
+    joined = await asyncio.gather(*(_assigned(p, skip, timeout=90.0) for p, skip in added))
+    for (proc, _), at in zip(added, joined, strict=True):
+        ctx.notes.append(
+            f"added {proc.name}: in the group after {at - started:.1f}s"
+            if at is not None
+            else f"added {proc.name}: not in the group after 90s"
+        )
     for members in originals.values():
         if members:
             await asyncio.to_thread(members[0].stop)
-            ctx.notes.append(f"stopped {members[0].name}")
-    ctx.notes.append(f"added one extractor per group ({len(originals)} groups), {gap:g}s apart")
+            ctx.notes.append(f"then stopped {members[0].name}")
+
+
+async def _assigned(proc: ManagedProcess, skip: int, timeout: float) -> float | None:
+    """When the extractor's log (past its first `skip` bytes) first says it was assigned
+    partitions; None if not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(_log_says_assigned, proc.log_path, skip):
+            return time.monotonic()
+        await asyncio.sleep(0.5)
+    return None
+
+
+def _log_says_assigned(path: Path, skip: int) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(skip)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        if '"extractor.assigned"' not in line:
+            continue
+        try:
+            if json.loads(line).get("partitions"):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _group_members(stack: Stack, pool: str) -> list[ManagedProcess]:
@@ -294,7 +333,7 @@ FAULTS: dict[str, tuple[Fault, str]] = {
     "kill-s3-gateway": (kill_s3_gateway, "SIGKILL of the S3 gateway; the supervisor restarts it"),
     "broker-restart": (broker_restart, "Stack.restart_broker(): memory lost, new cluster id"),
     "s3-down-30s": (s3_down, "S3 gateway stopped on purpose (SIGTERM) for 30 s, then started"),
-    "rebalance": (rebalance, "an extractor added to each group, then an original one stopped"),
+    "rebalance": (rebalance, "an extractor added to each group; once in, an original stopped"),
     "malformed-burst": (malformed_burst, "500 malformed notifications on the image-events topic"),
     "poison-images": (poison_image_uploads, "undecodable .jpg files and truncated JPEGs"),
     "poison-features": (poison_feature_burst, "wrong-size vectors at the serving version"),

@@ -202,9 +202,9 @@ def print_report(
 def plan_from(args: argparse.Namespace) -> Plan:
     quick = args.quick
     return Plan(
-        rate=args.rate or (8.0 if quick else 15.0),
-        pre_s=args.pre if args.pre is not None else (3.0 if quick else 20.0),
-        post_s=args.post if args.post is not None else (3.0 if quick else 20.0),
+        rate=args.rate or 8.0,
+        pre_s=args.pre if args.pre is not None else (3.0 if quick else 30.0),
+        post_s=args.post if args.post is not None else (3.0 if quick else 30.0),
         wait_s=args.wait or (60.0 if quick else 120.0),
         reconcile_interval_s=args.reconcile_interval,
         extractors=args.extractors,

@@ -75,9 +75,6 @@ class Settings(BaseSettings):
     max_query_image_bytes: int = 900_000
 
     # --- Search ---------------------------------------------------------------------------
-    near_duplicate_max_distance: int = Field(
-        90, description="Hamming distance (of 576 bits) under which two images are near-dupes."
-    )
     alert_max_distance: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict,
         description="per-feature near-duplicate alert thresholds, each in its feature's own "

@@ -60,7 +60,7 @@ KNOWN = ("phash", "colour", "copy", "clip")
 # be downloaded where the benchmark ran): it means nothing for trained weights. A deployment
 # with real weights runs the benchmark with them and sets LOOKALIKE_ALERT_MAX_DISTANCE.
 CLIP_ALERT_MEASURED_FOR = ("ViT-B-32", None)  # (model, pretrained)
-CLIP_ALERT_MAX_DISTANCE = 0.00624
+CLIP_ALERT_MAX_DISTANCE = 0.0113
 
 
 def clip_feature(settings: Settings) -> FeatureSpec:
