@@ -24,10 +24,10 @@ from bench.fault_poison import (
     serving_versions,
 )
 from bench.fault_workload import ImageMaker, MixedWorkload, S3Ops
-from consumers.kafka.clients import make_producer
 from lookalike.embedded import ManagedProcess
 from lookalike.stack import Stack
 from producers.search_client import SearchClient
+from schemas.kafka import make_producer
 from schemas.search import SearchRequest
 from schemas.settings import Settings
 
@@ -182,7 +182,7 @@ async def malformed_burst(ctx: FaultContext) -> Check:
     async def check() -> None:
         got = await watch.wait_for(wanted, timeout=20.0)
         ctx.notes.append(
-            f"dead-lettered {got}/500 distinct ({watch.letters} letters: one per extractor group)"
+            f"{got}/500 dead-lettered ({watch.letters} dead letters in all, every extractor group sends its own)"
         )
         await watch.stop()
 
@@ -209,12 +209,14 @@ async def poison_image_uploads(ctx: FaultContext) -> Check:
             ctx.unindexable.discard(ctx.ops.image_id(key))
 
     async def check() -> None:
-        wanted = {(topic, ctx.ops.image_id(k)) for k in poisoned}
+        # A healed key's poison may never be read: the extractor fetches what S3 holds now.
+        left = [k for k in poisoned if k not in healed]
+        wanted = {(topic, ctx.ops.image_id(k)) for k in left}
         got = await watch.wait_for(wanted, timeout=20.0, stage="extractor")
         ctx.notes.append(
-            f"{len(poisoned)} poison uploads, {got} dead-lettered by an extractor; "
-            f"{len(healed)} then overwritten with a good image (compared as usual), "
-            f"{len(poisoned) - len(healed)} left in the bucket (not compared)"
+            f"{len(poisoned)} poison uploads; {len(healed)} overwritten with a good image 2 s "
+            f"later (compared as usual); {len(left)} left in the bucket (not compared), "
+            f"{got} of them dead-lettered by an extractor"
         )
         await watch.stop()
 

@@ -15,9 +15,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.features import colour_histogram, copy_signature, phash
-from consumers.kafka.clients import make_consumer
 from schemas.dead_letter import DeadLetter
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
+from schemas.kafka import make_consumer
 from schemas.message import MessageError
 from schemas.settings import Settings
 

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from schemas.kafka import make_consumer
 from schemas.settings import Settings
 from schemas.similarity import SimilarityResult
 
@@ -24,11 +25,7 @@ class IndexedListener:
         self._settings = settings
         self.seen: dict[str, float] = {}  # image id -> first result (any feature)
         self.seen_by_feature: dict[str, dict[str, float]] = {}
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        )
+        self._consumer = make_consumer(settings, group_id=None)
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
 

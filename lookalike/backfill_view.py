@@ -26,11 +26,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from consumers.kafka.clients import make_consumer, make_producer
 from lookalike.s3 import s3_client
 from producers.backfill import ReextractProgress, reextract
 from producers.search_client import SearchClient
 from schemas.control import ReconcileCommand, ReconcileReport
+from schemas.kafka import make_consumer, make_producer
 from schemas.message import MessageError
 from schemas.settings import Settings
 

@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumers.kafka.clients import make_consumer
+from schemas.kafka import make_admin, make_consumer
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -42,7 +42,7 @@ async def broker_state(settings: Settings, groups: Sequence[str]) -> BrokerState
     """The cluster id and each group's lag on `settings.image_events_topic`. A group that
     committed nothing on a partition reads it from the beginning (auto_offset_reset earliest),
     so its lag there is everything the partition holds."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         consumer = make_consumer(settings, group_id=None)

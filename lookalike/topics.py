@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import structlog
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from consumers.features.catalog import KNOWN
+from schemas.kafka import make_admin
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -30,7 +31,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 
 
 async def create_topics(settings: Settings) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

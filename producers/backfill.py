@@ -21,7 +21,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from minio import Minio
 
-from schemas.minio_events import build_notification, looks_like_image, notification_key
+from schemas.minio_events import build_notification, looks_like_image, notification_key, plain_etag
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ def list_bucket(s3: Minio, bucket: str) -> Iterator[BucketObject]:
     for obj in s3.list_objects(bucket, recursive=True):
         if obj.object_name is None or obj.is_dir:
             continue
-        yield BucketObject(obj.object_name, (obj.etag or "").strip('"'), obj.size or 0)
+        yield BucketObject(obj.object_name, plain_etag(obj.etag) or "", obj.size or 0)
 
 
 async def reextract(

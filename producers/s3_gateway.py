@@ -25,7 +25,8 @@ from nanio.config import Settings as NanioSettings
 from nanio.errors import S3Error as NanioError
 
 from schemas.control import ReconcileCommand
-from schemas.minio_events import build_notification, minio_partitioner, notification_key
+from schemas.kafka import make_producer
+from schemas.minio_events import build_notification, notification_key
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -156,9 +157,7 @@ async def serve_gateway(settings: Settings, port: int, stop: asyncio.Event) -> N
     )
     nanio_settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = build_app(nanio_settings)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", partitioner=minio_partitioner
-    )
+    producer = make_producer(settings)
     await producer.start()
 
     async def publish(key: bytes, value: bytes) -> None:

@@ -15,9 +15,7 @@ from types import TracebackType
 from typing import Protocol, Self, TypeVar, cast
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
 from schemas.control import (
     ControlReport,
@@ -30,6 +28,7 @@ from schemas.control import (
     ReconcileReport,
     StatusCommand,
 )
+from schemas.kafka import cluster_id, make_admin, make_consumer, make_producer
 from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
 from schemas.settings import Settings
 
@@ -44,17 +43,10 @@ class SearchClient:
     def __init__(self, settings: Settings, reply_topic: str | None = None) -> None:
         self._settings = settings
         self._reply_topic = reply_topic or settings.search_replies_topic
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, linger_ms=0, max_request_size=4 << 20
-        )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        )
+        self._producer = make_producer(settings)
+        self._consumer = make_consumer(settings, group_id=None)
         # Which broker log the reply positions refer to (a new cluster id: a new, empty log).
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        self._admin = make_admin(settings)
         self._cluster_id: str | None = None
         self._pending: dict[str, asyncio.Queue[bytes]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -83,7 +75,7 @@ class SearchClient:
         await self._producer.start()
         await self._consumer.start()
         await self._admin.start()
-        self._cluster_id = await self._current_cluster_id()
+        self._cluster_id = await cluster_id(self._admin)
         await self._consumer.topics()
         partitions = self._consumer.partitions_for_topic(self._reply_topic) or set()
         if not partitions:
@@ -217,16 +209,10 @@ class SearchClient:
                         continue
                     inbox.put_nowait(record.value or b"")
 
-    async def _current_cluster_id(self) -> str | None:
-        try:
-            return str((await self._admin.describe_cluster()).get("cluster_id") or "") or None
-        except (KafkaError, OSError):
-            return None
-
     async def _follow_new_log(self) -> None:
         """A restarted broker (new cluster id) has a new, empty reply topic: read it from its
         start, or replies would be awaited at the old log's offsets and never arrive."""
-        current = await self._current_cluster_id()
+        current = await cluster_id(self._admin)
         if current is None or current == self._cluster_id:
             return
         log.warning("search_client.new_log", cluster_id=current)

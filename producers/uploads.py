@@ -9,6 +9,8 @@ from pathlib import Path
 
 from minio import Minio
 
+from schemas.minio_events import plain_etag
+
 
 def ensure_bucket(s3: Minio, bucket: str) -> None:
     if not s3.bucket_exists(bucket):
@@ -24,7 +26,7 @@ def upload_bytes(s3: Minio, bucket: str, key: str, data: bytes) -> str:
     result = s3.put_object(
         bucket, key, io.BytesIO(data), len(data), content_type=content_type_for(key)
     )
-    return str(result.etag).strip('"')
+    return plain_etag(str(result.etag)) or ""
 
 
 def upload_files(s3: Minio, bucket: str, paths: Iterable[Path], prefix: str = "") -> list[str]:

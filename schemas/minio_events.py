@@ -71,8 +71,9 @@ def looks_like_image(key: str, content_type: str | None) -> bool:
     return False
 
 
-def _strip_etag(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else None
+def plain_etag(etag: str | None) -> str | None:
+    """An eTag as this project compares and stores it: without the quotes S3 wraps it in."""
+    return etag.strip('"') or None if etag else None
 
 
 def _parse_record(record: Any) -> ImageChange | Ignored:
@@ -116,7 +117,7 @@ def _parse_record(record: Any) -> ImageChange | Ignored:
         bucket=bucket,
         key=key,
         event_name=name,
-        etag=_strip_etag(obj.get("eTag")),
+        etag=plain_etag(obj.get("eTag")),
         size=size if isinstance(size, int) else None,
         content_type=content_type,
         event_time=event_time,
@@ -166,7 +167,7 @@ def build_notification(
     obj: dict[str, Any] = {"key": quote_plus(key, safe=""), "sequencer": f"{time.time_ns():X}"}
     if etag is not None:
         obj["size"] = size or 0
-        obj["eTag"] = etag.strip('"')
+        obj["eTag"] = plain_etag(etag)
         obj["contentType"] = content_type or _guess_type(key)
     record = {
         "eventVersion": "2.0",

@@ -7,9 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from schemas.kafka import make_consumer
 from schemas.settings import Settings
 
 T = TypeVar("T")
@@ -21,9 +22,7 @@ async def find_on_topic(
     match: Callable[[ConsumerRecord[bytes, bytes]], bool],
     timeout: float = 60.0,
 ) -> ConsumerRecord[bytes, bytes]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, fetch_max_wait_ms=5
-    )
+    consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
         await consumer.topics()

@@ -12,11 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 from minio import Minio
 
 from consumers.features import phash
-from consumers.kafka.clients import make_producer
 from lookalike.s3 import s3_client
 from lookalike.samples import distinct_jpegs
 from lookalike.stack import Stack
@@ -24,6 +22,7 @@ from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import upload_bytes
 from schemas.dead_letter import DeadLetter
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
+from schemas.kafka import make_producer
 from schemas.minio_events import build_notification, notification_key
 from schemas.search import SearchReply, SearchRequest
 from schemas.settings import Settings
@@ -180,7 +179,7 @@ async def test_a_reply_to_naming_a_data_topic_is_dead_lettered_not_answered(
     settings = light_stack.settings
     correlation_id = uuid.uuid4().hex
     target = settings.features_topic("phash")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = make_producer(settings)
     await producer.start()
     try:
         await producer.send_and_wait(

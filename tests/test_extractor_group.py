@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from lookalike.s3 import s3_client
 from lookalike.samples import distinct_jpegs
@@ -17,6 +17,7 @@ from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes
 from schemas.features import FeatureEvent, FeatureOp
+from schemas.kafka import make_consumer
 from schemas.search import SearchRequest
 from tests.kafka_helpers import eventually
 
@@ -47,7 +48,7 @@ def last_assignment(log_path: Path) -> list[int] | None:
 async def feature_upserts(stack: Stack) -> Counter[str]:
     settings = stack.settings
     topic = settings.features_topic("phash")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
         await consumer.topics()

@@ -8,9 +8,9 @@ import uuid
 import pytest
 from minio import Minio
 
-from consumers.kafka.clients import make_producer
 from lookalike.samples import jpeg, photo
 from producers.uploads import upload_bytes
+from schemas.kafka import make_producer
 from schemas.minio_events import build_notification, notification_key, partition_of
 from schemas.settings import Settings
 from tests.kafka_helpers import find_on_topic

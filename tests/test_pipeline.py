@@ -13,6 +13,7 @@ from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes
 from schemas.dead_letter import DeadLetter
+from schemas.kafka import make_producer
 from schemas.minio_events import build_notification, notification_key
 from schemas.search import SearchErrorCode, SearchReply, SearchRequest
 from schemas.settings import Settings
@@ -135,10 +136,9 @@ async def test_oversize_upload_goes_to_dead_letter(settings: Settings, s3: Minio
 
 
 async def test_malformed_event_goes_to_dead_letter(settings: Settings, stack: Stack) -> None:
-    from aiokafka import AIOKafkaProducer
 
     marker = uuid.uuid4().hex.encode()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = make_producer(settings)
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -154,10 +154,9 @@ async def test_malformed_event_goes_to_dead_letter(settings: Settings, stack: St
 async def test_event_for_an_object_that_no_longer_exists_is_skipped(
     settings: Settings, search: SearchClient, s3: Minio
 ) -> None:
-    from aiokafka import AIOKafkaProducer
 
     ghost = unique("ghost.jpg")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = make_producer(settings)
     await producer.start()
     try:
         event = build_notification("s3:ObjectCreated:Put", settings.bucket, ghost, etag="x", size=1)

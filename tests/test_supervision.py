@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.kafka.clients import make_consumer
 from lookalike import cli
 from lookalike.embedded import ManagedProcess
 from lookalike.process_table import FILE_NAME, ProcessRow, ProcessState, read_table
@@ -28,6 +26,7 @@ from lookalike.stack import Stack
 from lookalike.supervisor import Backoff, EventKind, ProcessEvent, Supervisor
 from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import upload_bytes
+from schemas.kafka import make_admin, make_consumer
 from schemas.search import SearchRequest
 from schemas.settings import Settings
 from tests.kafka_helpers import eventually
@@ -335,7 +334,7 @@ async def test_broker_restart_is_a_new_log_with_topics(small_stack: Stack) -> No
 
 
 async def broker_cluster_id(settings: Settings) -> str:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         return str((await admin.describe_cluster())["cluster_id"])
@@ -344,7 +343,7 @@ async def broker_cluster_id(settings: Settings) -> str:
 
 
 async def topic_exists(settings: Settings, topic: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = make_admin(settings)
     await admin.start()
     try:
         return topic in await admin.list_topics()

@@ -24,10 +24,10 @@ from minio import Minio
 
 from consumers.extractor.handler import EventHandler
 from consumers.features.contract import FeatureSpec
-from consumers.kafka.clients import make_consumer, make_producer
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch
 from consumers.kafka.runner import Batch, ConsumeLoop
+from schemas.kafka import make_consumer, make_producer
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ class ExtractorService:
         producer = self._producer = make_producer(s)
         await producer.start()
         await consumer.start()
-        watch = LogWatch(s.kafka_bootstrap, s.log_check_interval_s)
+        watch = LogWatch(s, s.log_check_interval_s)
         await watch.start()
         self._dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="extractor")
         loop = ConsumeLoop(

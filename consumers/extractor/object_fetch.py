@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from minio import Minio
 from minio.error import S3Error
 
+from schemas.minio_events import plain_etag
+
 
 @dataclass(frozen=True, slots=True)
 class FetchedObject:
@@ -34,7 +36,7 @@ def fetch_object(s3: Minio, bucket: str, key: str, *, max_bytes: int) -> Fetched
             raise ObjectGone(f"{bucket}/{key}: {exc.code}") from exc
         raise
     try:
-        etag = (response.headers.get("ETag") or "").strip('"')
+        etag = plain_etag(response.headers.get("ETag")) or ""
         declared = int(response.headers.get("Content-Length") or 0)
         if declared > max_bytes:
             raise ObjectTooLarge(f"{declared:,} bytes is over the {max_bytes:,}-byte limit", etag)

@@ -19,9 +19,9 @@ from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.reconcile import Reconciler
 from consumers.indexer.search_service import build_search_broker
-from consumers.kafka.clients import make_producer, partitions_of
 from index_store.feature_index import FeatureIndex, make_structure
 from index_store.lmdb_store import FeatureStore
+from schemas.kafka import make_producer, partitions_of
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)

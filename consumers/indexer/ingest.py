@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.query import to_hit
-from consumers.kafka.clients import make_consumer, make_producer
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch, end_of_log
 from consumers.kafka.runner import Batch, ConsumeLoop, Record
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Reject, Upsert
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
+from schemas.kafka import make_consumer, make_producer
 from schemas.message import MessageError
 from schemas.settings import Settings
 from schemas.similarity import SimilarityResult
@@ -65,7 +65,7 @@ class IngestService:
         self._producer: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetterSink | None = None
         self.loop: ConsumeLoop | None = None
-        self.log_watch = LogWatch(settings.kafka_bootstrap, settings.log_check_interval_s)
+        self.log_watch = LogWatch(settings, settings.log_check_interval_s)
         self.records_read = 0
         self.rejected = 0  # dead-lettered here (bad feature events)
         self.ready = asyncio.Event()

@@ -39,6 +39,7 @@ from schemas.minio_events import (
     looks_like_image,
     notification_key,
     partition_of,
+    plain_etag,
 )
 from schemas.settings import Settings
 
@@ -57,7 +58,7 @@ def list_bucket(s3: Minio, bucket: str) -> Iterator[tuple[str, BucketObject]]:
     for obj in s3.list_objects(bucket, recursive=True):
         if obj.object_name is None or obj.is_dir or not looks_like_image(obj.object_name, None):
             continue
-        etag = (obj.etag or "").strip('"')
+        etag = plain_etag(obj.etag) or ""
         yield f"{bucket}/{obj.object_name}", BucketObject(etag, obj.size or 0, obj.last_modified)
 
 

@@ -20,6 +20,7 @@ from consumers.indexer.control import ControlService
 from consumers.indexer.query import QueryEngine, error_reply
 from schemas.control import ControlReport, parse_command
 from schemas.dead_letter import DeadLetter
+from schemas.kafka import MAX_FETCH_BYTES, MAX_MESSAGE_BYTES
 from schemas.message import MessageError
 from schemas.search import SearchErrorCode, SearchRequest
 from schemas.settings import Settings
@@ -54,7 +55,7 @@ def build_search_broker(
         # FastStream logs through the standard library: its errors show, per-message chatter not.
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
-        max_request_size=4 * 1024 * 1024,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
 
     unanswered: set[asyncio.Task[ControlReport]] = set()
@@ -92,7 +93,7 @@ def build_search_broker(
         partitions=[TopicPartition(settings.search_requests_topic, p) for p in request_partitions],
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         auto_offset_reset="latest",
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_FETCH_BYTES,
     )
     async def answer(message: KafkaMessage) -> bytes | None:
         if await refused_reply_to(message):

@@ -18,15 +18,16 @@ import time
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+
+from schemas.kafka import cluster_id, make_admin
+from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
 class LogWatch:
-    def __init__(self, bootstrap: str, interval_s: float) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    def __init__(self, settings: Settings, interval_s: float) -> None:
+        self._admin = make_admin(settings)
         self._interval_s = interval_s
         self._next_check = 0.0
         self.cluster_id: str | None = None  # the log our positions refer to
@@ -40,13 +41,7 @@ class LogWatch:
 
     async def current_cluster_id(self) -> str | None:
         """The broker's cluster id now; None if it cannot be asked right now."""
-        try:
-            described = await self._admin.describe_cluster()
-        except (KafkaError, OSError) as exc:
-            log.info("log_watch.unreachable", error=repr(exc))
-            return None
-        found = described.get("cluster_id")
-        return str(found) if found else None
+        return await cluster_id(self._admin)
 
     async def changed(self) -> str | None:
         """Why positions no longer refer to this log, or None (also when it is not yet time

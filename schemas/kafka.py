@@ -1,24 +1,37 @@
-"""Kafka clients configured once from Settings, so every consumer behaves the same."""
+"""How every process talks to Kafka: the one client factory, configured from Settings.
+
+Shared by producers and consumers alike (the gateway, the search client, extractors,
+indexers, the CLI), so that message size limits, acknowledgements, key placement and fetch
+behaviour are decided here once:
+
+- producers wait for every in-sync replica (`acks=all`) and place keyed messages the way
+  MinIO's Kafka target does (`minio_partitioner`): one object's events, and its feature
+  events, share a partition whoever publishes them;
+- messages are at most `MAX_MESSAGE_BYTES` (query images are shrunk below it by the CLI);
+- consumers commit by hand and start from the earliest offset when they have none.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from schemas.minio_events import minio_partitioner
 from schemas.settings import Settings
 
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a request (query image) or reply (inventory) at most
+MAX_FETCH_BYTES = 2 * MAX_MESSAGE_BYTES  # per partition and fetch: always room for one message
+
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    # acks=all: a send counts as done only once every in-sync replica has it.
-    # Keys are placed as MinIO places them (FNV-1a), so an object's events and its feature
-    # events land on one partition whoever publishes them (MinIO, the gateway, reconciliation).
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
         "linger_ms": 0,
-        "max_request_size": 4 * 1024 * 1024,
+        "max_request_size": MAX_MESSAGE_BYTES,
         "partitioner": minio_partitioner,
     }
     options.update(overrides)
@@ -34,13 +47,26 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "max_partition_fetch_bytes": MAX_FETCH_BYTES,
         # A member that died hands its partitions on after this long (Kafka's minimum).
         "session_timeout_ms": 6000,
         "heartbeat_interval_ms": 2000,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+def make_admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+
+
+async def cluster_id(admin: AIOKafkaAdminClient) -> str | None:
+    """The broker's cluster id (which log offsets refer to); None if it cannot be asked now."""
+    try:
+        found = (await admin.describe_cluster()).get("cluster_id")
+    except (KafkaError, OSError):
+        return None
+    return str(found) if found else None
 
 
 async def partitions_of(settings: Settings, topic: str) -> list[int]:
