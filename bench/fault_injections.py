@@ -182,7 +182,8 @@ async def malformed_burst(ctx: FaultContext) -> Check:
     async def check() -> None:
         got = await watch.wait_for(wanted, timeout=20.0)
         ctx.notes.append(
-            f"{got}/500 dead-lettered ({watch.letters} dead letters in all, every extractor group sends its own)"
+            f"{got}/500 dead-lettered ({watch.letters} dead letters in all: "
+            "each extractor group sends its own)"
         )
         await watch.stop()
 

@@ -10,10 +10,9 @@ past the end of this one, is read again from its start (idempotent: the same ima
 same eTag and vector changes nothing), and a reconciliation with the bucket is requested
 for whatever the lost log held that the index never saw.
 
-The consume-and-commit loop and its error policy are consumers/kafka/runner.py; this module
-says what processing a batch means. A feature event that cannot be applied (not a
-FeatureEvent, a vector of the wrong size or kind, not finite) is dead-lettered here, before
-the batch's offsets are committed; the rest of the batch is applied.
+The consume-and-commit loop and its error policy are consumers/kafka/runner.py; what a batch
+of feature events does to an index is feature_events.py; this module is the Kafka side:
+assignment, where to resume, a new log, lag.
 """
 
 from __future__ import annotations
@@ -21,28 +20,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.features.contract import FeatureSpec
-from consumers.indexer.query import to_hit
+from consumers.indexer.feature_events import FeatureEventApplier, KafkaAlerts, offset_name
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch, end_of_log
-from consumers.kafka.runner import Batch, ConsumeLoop, Record
+from consumers.kafka.runner import Batch, ConsumeLoop
 from index_store.feature_index import FeatureIndex
-from index_store.lmdb_store import Change, Delete, FeatureStore, ImageRecord, Reject, Upsert
-from schemas.features import FeatureEvent, FeatureOp, VectorKind
+from index_store.lmdb_store import FeatureStore
 from schemas.kafka import make_consumer, make_producer
-from schemas.message import MessageError
 from schemas.settings import Settings
-from schemas.similarity import SimilarityResult
 
 log = structlog.get_logger(__name__)
-
-
-def offset_name(tp: TopicPartition) -> str:
-    return f"{tp.topic}/{tp.partition}"
 
 
 class IngestService:
@@ -64,18 +55,22 @@ class IngestService:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetterSink | None = None
+        self._applier: FeatureEventApplier | None = None
         self.loop: ConsumeLoop | None = None
         self.log_watch = LogWatch(settings, settings.log_check_interval_s)
-        self.records_read = 0
-        self.rejected = 0  # dead-lettered here (bad feature events)
         self.ready = asyncio.Event()
         self.served_partitions: list[int] = []  # known once assigned
         self.partition_count = 0
         self.assigned: list[TopicPartition] = []
 
     @property
+    def records_read(self) -> int:
+        return self._applier.records_read if self._applier else 0
+
+    @property
     def dead_letters(self) -> int:
-        return self.rejected + (self.loop.dead_lettered if self.loop else 0)
+        rejected = self._applier.rejected if self._applier else 0
+        return rejected + (self.loop.dead_lettered if self.loop else 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
@@ -85,6 +80,9 @@ class IngestService:
         await consumer.start()
         await self.log_watch.start()
         self._dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="indexer")
+        self._applier = FeatureEventApplier(
+            s, self._specs, self._indexes, self._dead_letters, KafkaAlerts(producer, s)
+        )
         self.loop = ConsumeLoop(
             consumer,
             self,
@@ -196,104 +194,6 @@ class IngestService:
         self._store.save_offsets({offset_name(tp): o for tp, o in offsets.items()})
 
     async def process(self, batch: Batch) -> None:
+        assert self._applier is not None
         for tp, records in batch.items():
-            await self._apply(tp, records)
-
-    async def _apply(self, tp: TopicPartition, records: list[Record]) -> None:
-        assert self._dead_letters is not None
-        feature = tp.topic.removeprefix(self._settings.features_topic_prefix)
-        spec, index = self._specs[feature], self._indexes[feature]
-        changes: list[Change] = []
-        for record in records:
-            try:
-                event = FeatureEvent.from_bytes(record.value)
-            except MessageError as exc:
-                await self._reject(record, str(exc))
-                continue
-            if event.feature_version != spec.version:
-                log.info(
-                    "ingest.other_version",
-                    image_id=event.image_id,
-                    version=event.feature_version,
-                    serving=spec.version,
-                )
-                continue
-            reason = unusable(event, spec)
-            if reason is not None:
-                await self._reject(record, reason)
-                continue
-            changes.append(_to_change(event))
-        offsets = {offset_name(tp): records[-1].offset + 1}
-        upserts = await asyncio.to_thread(index.apply, changes, offsets)
-        self.records_read += len(records)
-        if upserts:
-            await self._publish_similar(spec, index, upserts)
-
-    async def _reject(self, record: Record, reason: str) -> None:
-        assert self._dead_letters is not None
-        await self._dead_letters.send(record, reason)
-        self.rejected += 1
-
-    async def _publish_similar(
-        self, spec: FeatureSpec, index: FeatureIndex, upserts: list[Upsert]
-    ) -> None:
-        s = self._settings
-        producer = self._producer
-        assert producer is not None
-
-        def find() -> list[SimilarityResult]:
-            return [
-                SimilarityResult(
-                    image_id=u.image_id,
-                    etag=u.record.etag,
-                    feature=spec.name,
-                    feature_version=spec.version,
-                    near_duplicates=[
-                        to_hit(n)
-                        for n in index.search(
-                            [u.vector],
-                            s.near_duplicate_k,
-                            spec.alert_max_distance,
-                            exclude=[u.image_id],
-                        )
-                    ],
-                )
-                for u in upserts
-            ]
-
-        results = await asyncio.to_thread(find)
-        sends = [
-            await producer.send(s.similarity_results_topic, r.to_bytes(), key=r.image_id.encode())
-            for r in results
-        ]
-        await asyncio.gather(*sends)
-
-
-def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
-    """Why this index cannot take `event` (it would fail half-way in the index), or None."""
-    if event.feature != spec.name:
-        return f"a {event.feature!r} event on the {spec.name!r} topic"
-    if event.op is not FeatureOp.UPSERT:
-        return None
-    assert event.vector is not None  # FeatureEvent's validator guarantees it for upserts
-    if event.vector_kind is not spec.vector_kind or event.dim != spec.dim:
-        return (
-            f"{spec.name} {spec.version} holds {spec.vector_kind.value} vectors of dim "
-            f"{spec.dim}; the event has {event.vector_kind} of dim {event.dim}"
-        )
-    if len(event.vector) != spec.vector_bytes:
-        return f"vector has {len(event.vector)} bytes, {spec.name} holds {spec.vector_bytes}"
-    if spec.vector_kind is VectorKind.FLOAT32:
-        if not np.isfinite(np.frombuffer(event.vector, np.float32)).all():
-            return "vector has NaN or infinite values"
-    return None
-
-
-def _to_change(event: FeatureEvent) -> Change:
-    if event.op is FeatureOp.DELETE:
-        return Delete(event.image_id)
-    if event.op is FeatureOp.REJECT:
-        return Reject(event.image_id, event.etag, event.reason or "rejected by the extractor")
-    assert event.vector is not None  # guaranteed by FeatureEvent's validator
-    record = ImageRecord(bucket=event.bucket, key=event.key, etag=event.etag, size=event.size)
-    return Upsert(event.image_id, event.vector, record)
+            await self._applier.apply(tp, records)

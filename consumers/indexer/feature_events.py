@@ -1,0 +1,162 @@
+"""What applying one partition's batch of feature events to its feature index means, with no
+Kafka in sight (ingest.py does the consuming; this is what its stage does with a batch):
+
+1. parse each record as a FeatureEvent; skip other feature versions (another index's);
+2. dead-letter what this index cannot take (not a FeatureEvent, another vector kind or
+   dimension, NaN) before anything is committed — the rest of the batch goes on;
+3. apply the changes and the offset after the batch in one store transaction (idempotent:
+   a replayed event changes nothing);
+4. publish a near-duplicate alert for each image that changed: its nearest other images
+   within the feature's own threshold (`FeatureSpec.alert_max_distance`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import structlog
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from consumers.features.contract import FeatureSpec
+from consumers.indexer.query import to_hit
+from consumers.kafka.runner import Record
+from index_store.feature_index import FeatureIndex
+from index_store.lmdb_store import Change, Delete, ImageRecord, Reject, Upsert
+from schemas.features import FeatureEvent, FeatureOp, VectorKind
+from schemas.message import MessageError
+from schemas.settings import Settings
+from schemas.similarity import SimilarityResult
+
+log = structlog.get_logger(__name__)
+
+
+class DeadLetters(Protocol):
+    async def send(self, record: Record, reason: str) -> None: ...
+
+
+class Alerts(Protocol):
+    async def publish(self, results: list[SimilarityResult]) -> None: ...
+
+
+class KafkaAlerts:
+    """Alerts to the similarity-results topic, keyed by image id; waits for the acks."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: Settings) -> None:
+        self._producer = producer
+        self._topic = settings.similarity_results_topic
+
+    async def publish(self, results: list[SimilarityResult]) -> None:
+        sends = [
+            await self._producer.send(self._topic, r.to_bytes(), key=r.image_id.encode())
+            for r in results
+        ]
+        await asyncio.gather(*sends)
+
+
+def offset_name(tp: TopicPartition) -> str:
+    return f"{tp.topic}/{tp.partition}"
+
+
+class FeatureEventApplier:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Mapping[str, FeatureSpec],
+        indexes: Mapping[str, FeatureIndex],
+        dead_letters: DeadLetters,
+        alerts: Alerts,
+    ) -> None:
+        self._settings = settings
+        self._specs = specs  # by feature name
+        self._indexes = indexes  # by feature name
+        self._dead_letters = dead_letters
+        self._alerts = alerts
+        self.records_read = 0
+        self.rejected = 0  # dead-lettered here
+
+    async def apply(self, tp: TopicPartition, records: list[Record]) -> None:
+        feature = tp.topic.removeprefix(self._settings.features_topic_prefix)
+        spec, index = self._specs[feature], self._indexes[feature]
+        changes: list[Change] = []
+        for record in records:
+            try:
+                event = FeatureEvent.from_bytes(record.value)
+            except MessageError as exc:
+                await self._reject(record, str(exc))
+                continue
+            if event.feature_version != spec.version:
+                log.info(
+                    "ingest.other_version",
+                    image_id=event.image_id,
+                    version=event.feature_version,
+                    serving=spec.version,
+                )
+                continue
+            reason = unusable(event, spec)
+            if reason is not None:
+                await self._reject(record, reason)
+                continue
+            changes.append(to_change(event))
+        offsets = {offset_name(tp): records[-1].offset + 1}
+        upserts = await asyncio.to_thread(index.apply, changes, offsets)
+        self.records_read += len(records)
+        if upserts:
+            results = await asyncio.to_thread(self._near_duplicates, spec, index, upserts)
+            await self._alerts.publish(results)
+
+    async def _reject(self, record: Record, reason: str) -> None:
+        await self._dead_letters.send(record, reason)
+        self.rejected += 1
+
+    def _near_duplicates(
+        self, spec: FeatureSpec, index: FeatureIndex, upserts: list[Upsert]
+    ) -> list[SimilarityResult]:
+        k = self._settings.near_duplicate_k
+        return [
+            SimilarityResult(
+                image_id=u.image_id,
+                etag=u.record.etag,
+                feature=spec.name,
+                feature_version=spec.version,
+                near_duplicates=[
+                    to_hit(n)
+                    for n in index.search(
+                        [u.vector], k, spec.alert_max_distance, exclude=[u.image_id]
+                    )
+                ],
+            )
+            for u in upserts
+        ]
+
+
+def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
+    """Why this index cannot take `event` (it would fail half-way in the index), or None."""
+    if event.feature != spec.name:
+        return f"a {event.feature!r} event on the {spec.name!r} topic"
+    if event.op is not FeatureOp.UPSERT:
+        return None
+    assert event.vector is not None  # FeatureEvent's validator guarantees it for upserts
+    if event.vector_kind is not spec.vector_kind or event.dim != spec.dim:
+        return (
+            f"{spec.name} {spec.version} holds {spec.vector_kind.value} vectors of dim "
+            f"{spec.dim}; the event has {event.vector_kind} of dim {event.dim}"
+        )
+    if len(event.vector) != spec.vector_bytes:
+        return f"vector has {len(event.vector)} bytes, {spec.name} holds {spec.vector_bytes}"
+    if spec.vector_kind is VectorKind.FLOAT32:
+        if not np.isfinite(np.frombuffer(event.vector, np.float32)).all():
+            return "vector has NaN or infinite values"
+    return None
+
+
+def to_change(event: FeatureEvent) -> Change:
+    if event.op is FeatureOp.DELETE:
+        return Delete(event.image_id)
+    if event.op is FeatureOp.REJECT:
+        return Reject(event.image_id, event.etag, event.reason or "rejected by the extractor")
+    assert event.vector is not None  # guaranteed by FeatureEvent's validator
+    record = ImageRecord(bucket=event.bucket, key=event.key, etag=event.etag, size=event.size)
+    return Upsert(event.image_id, event.vector, record)
