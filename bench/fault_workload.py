@@ -135,8 +135,9 @@ class S3Ops:
 
 
 class MixedWorkload:
-    """Operations at a steady rate on `prefix`: new uploads, overwrites of live keys with new
-    content, deletes of live keys (60/25/15 once keys exist). Runs until `stop()`."""
+    """Operations at a steady rate on `prefix`: new uploads (1 in 20 a JSON file, not an
+    image), overwrites of live images with new content, deletes of live images (60/25/15
+    once images exist). Runs until `stop()`."""
 
     def __init__(
         self, ops: S3Ops, images: ImageMaker, prefix: str, rate: float, seed: int = 0
@@ -178,8 +179,13 @@ class MixedWorkload:
     async def _one(self) -> None:
         roll = self._rng.random()
         if not self._live or roll < 0.60:
-            key = f"{self._prefix}{self._next_key:06d}.jpg"
+            n = self._next_key
             self._next_key += 1
+            if n % 20 == 19:  # buckets hold more than pictures: a metadata file, not indexed
+                meta = f'{{"upload": {n}, "note": "not an image"}}'.encode()
+                await self._ops.put(f"{self._prefix}{n:06d}.json", meta, "non-image")
+                return
+            key = f"{self._prefix}{n:06d}.jpg"
             if await self._ops.put(key, self._images.next(), "upload") is not None:
                 self._live.append(key)
         elif roll < 0.85:

@@ -177,7 +177,8 @@ def print_report(
         f"Python {platform.python_version()}): `python -m bench.faults {' '.join(argv)}`"
     )
     print(
-        f"workload {plan.rate:g} ops/s (60% uploads, 25% overwrites, 15% deletes, 96x96 JPEGs), "
+        f"workload {plan.rate:g} ops/s (60% uploads, 1 in 20 of them a JSON file; 25% "
+        "overwrites, 15% deletes; 96x96 JPEGs), "
         f"{plan.pre_s:g}s before each fault and {plan.post_s:g}s after; "
         f"LOOKALIKE_RECONCILE_INTERVAL_S={settings.reconcile_interval_s:g}, "
         f"LOOKALIKE_RECONCILE_GRACE_S={settings.reconcile_grace_s:g}; "

@@ -19,22 +19,24 @@ top-10 by inner product (faiss IndexFlatIP, computed chunk by chunk). Ids look l
 
 Every engine runs in a fresh subprocess, so its resident-memory delta (RSS after building
 minus RSS before, from /proc/self/statm; 'anon' leaves out file-backed pages such as LMDB's
-memory map) is not polluted by the others or by the data set. Inserts: bulk `upsert_many` in
-batches on 2 threads, then the last `--single-upserts` vectors through the one-at-a-time
-`upsert` of the SearchStructure protocol. Queries: one at a time through `search()`, on one
-thread, k=10; ef (hnswlib) / efSearch (faiss) is raised along a ladder until recall@10 reaches
-`--target-recall`, and the latencies are from a second pass at that ef. Checkpoint: `save()`
-size and time; load-to-serving: a fresh process loading the checkpoint and answering its first
-query. '+rerank' engines re-rank with exact vectors read from an LMDB FeatureStore (written
-once per data set), as the indexer would; '+pca' graphs hold PCA projections of the product's
-default size (LOOKALIKE_VECTOR_REDUCE_DIM).
+memory map) is not polluted by the others or by the data set. Engines are built by the
+product's factory (index_store/engines/factory.py). Inserts: bulk `upsert_many` in batches on
+2 threads, then the last `--single-upserts` vectors through the one-at-a-time `upsert` of the
+Engine protocol. Queries: one at a time through `search()`, on one thread, k=10; ef (hnswlib)
+/ efSearch (faiss) is raised along a ladder until recall@10 reaches `--target-recall`, and the
+latencies are from a second pass at that ef. Checkpoint: a snapshot written as the indexer
+writes it (index_store/snapshots.py: the engine's files, fsynced, renamed into place), its
+size and time; load-to-serving: a fresh process opening the snapshot with the configured
+engine and answering its first query. '+rerank' engines re-rank with exact vectors read from
+an LMDB FeatureStore (written once per data set), as the indexer would; '+pca' graphs hold PCA
+projections of the product's default size (LOOKALIKE_VECTOR_REDUCE_DIM).
 
 ChromaDB: embedded `PersistentClient`, cosine space, the same vectors and queries, batches of
 its maximum batch size; its ef_search is raised along the same ladder (from its default 100),
 reopening the collection after each change (chromadb 1.5.9 searches with the old value until then).
 Restart = a fresh process opening the client and collection and answering one query.
 
-Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingIndex (exact,
+Hamming: `--hamming-n` random 576-bit codes (72 bytes) in the project's HammingEngine (exact,
 faiss's popcount kernel) and in faiss IndexBinaryFlat; query p50/p99 over random codes.
 """
 
@@ -270,34 +272,40 @@ def open_fetch(engine: str, work: Path) -> Callable[[Sequence[str]], list[bytes 
     return partial(store.vectors_of, INDEX_NAME)
 
 
-def new_index(
+def new_engine(
     engine: str,
     fetch: Callable[[Sequence[str]], list[bytes | None]] | None,
-    graph: dict[str, int] | None = None,
+    args: argparse.Namespace,
 ) -> Any:
-    """`graph`: construction options (m, ef_construction) for graph engines; engine defaults
-    where absent."""
-    from index_store.ann_index import make_ann_index
+    """The engine as the product's factory builds it (EngineFactory.make); `--m` and
+    `--ef-construction` replace the engine's default graph settings where given."""
+    from dataclasses import replace
+
+    from index_store.engines.factory import (
+        FAISS_GRAPH,
+        FLOAT_ENGINES,
+        HNSWLIB_GRAPH,
+        EngineFactory,
+    )
     from index_store.metric import Metric
 
     kind = engine.removesuffix("+rerank")
-    if kind == "exact":
-        return make_ann_index("exact", DIM, Metric.COSINE, capacity=1024)
-    options: dict[str, Any] = dict(graph or {})
-    if kind.endswith("+pca"):
-        kind = kind.removesuffix("+pca")
-        options["reduce_to"] = PCA_DIM
-    return make_ann_index(kind, DIM, Metric.COSINE, fetch_exact=fetch, **options)
+    reduce_dim = PCA_DIM if kind.endswith("+pca") else 0
+    name = next(n for n in FLOAT_ENGINES if n == kind.split("+")[0])
+    graph = HNSWLIB_GRAPH if name == "hnsw" else FAISS_GRAPH
+    graph = replace(
+        graph, m=args.m or graph.m, ef_construction=args.ef_construction or graph.ef_construction
+    )
+    factory = EngineFactory(name, reduce_dim, graph)
+    return factory.make(Metric.COSINE, DIM, exact_vectors=fetch)
 
 
-def graph_options(args: argparse.Namespace) -> dict[str, int]:
-    options = {"m": args.m, "ef_construction": args.ef_construction}
-    return {name: value for name, value in options.items() if value}
-
-
-def set_ef(index: Any, ef: int) -> None:
-    if hasattr(index, "ef_search"):
-        index.ef_search = ef
+def set_ef(engine: Any, ef: int) -> None:
+    """Set the search beam of the graph inside the factory's wrappers (if any)."""
+    while not hasattr(engine, "ef_search") and hasattr(engine, "inner"):
+        engine = engine.inner
+    if hasattr(engine, "ef_search"):
+        engine.ef_search = ef
 
 
 def run_queries(index: Any, queries: NDArray[np.float32]) -> tuple[list[float], list[list[str]]]:
@@ -344,16 +352,14 @@ def tune(
 def worker_build(args: argparse.Namespace) -> Result:
     import faiss
 
-    from index_store.ann_index import HnswIndex
+    from index_store.snapshots import write
 
     data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
     queries, truth = data.queries(), data.truth()
     fetch = open_fetch(engine, work)
     base_rss, base_anon = settled_rss()
     base_peak = peak_rss()
-    index = new_index(engine, fetch, graph_options(args))
-    if isinstance(index, HnswIndex):
-        index.add_threads = 2
+    index = new_engine(engine, fetch, args)
     faiss.omp_set_num_threads(2)
     single = min(args.single_upserts, data.n // 10)
     bulk_n = data.n - single
@@ -361,11 +367,7 @@ def worker_build(args: argparse.Namespace) -> Result:
     t0 = time.perf_counter()
     for first, chunk in data.chunks(args.batch, stop=bulk_n):
         ids = [image_id(first + r) for r in range(len(chunk))]
-        if hasattr(index, "upsert_many"):
-            index.upsert_many(ids, chunk)
-        else:
-            for image, row in zip(ids, chunk, strict=True):
-                index.upsert(image, row.tobytes())
+        index.upsert_many(ids, chunk.data)
         progress.update(first + len(chunk))
     bulk_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -390,36 +392,31 @@ def worker_build(args: argparse.Namespace) -> Result:
     served_rss, served_anon = settled_rss()
     result["served_rss_mb"] = (served_rss - base_rss) / MB
     result["served_anon_mb"] = (served_anon - base_anon) / MB
-    if hasattr(index, "save"):
-        ckpt = work / "checkpoints" / engine
-        shutil.rmtree(ckpt, ignore_errors=True)
-        ckpt.mkdir(parents=True)
-        t0 = time.perf_counter()
-        index.save(ckpt)
-        result["save_s"] = time.perf_counter() - t0
-        result["ckpt_mb"] = sum(p.stat().st_size for p in ckpt.iterdir()) / MB
-        result["checkpoint"] = str(ckpt)
+    ckpt = work / "checkpoints" / engine
+    shutil.rmtree(ckpt, ignore_errors=True)
+    t0 = time.perf_counter()  # what FeatureIndex.checkpoint writes: files, fsync, rename
+    snapshot = write(ckpt, data.n, index.save, {"engine": index.layout})
+    result["save_s"] = time.perf_counter() - t0
+    result["ckpt_mb"] = sum(p.stat().st_size for p in snapshot.path.iterdir()) / MB
+    result["checkpoint"] = str(ckpt)
     return result
 
 
 def worker_load(args: argparse.Namespace) -> Result:
     import faiss
 
-    from index_store.ann_index import load_ann_index
-    from index_store.exact_vector_index import ExactVectorIndex
+    from index_store.snapshots import latest
 
     data, work, engine = DataSet(Path(args.data)), Path(args.work), args.engine
     queries, truth = data.queries(), data.truth()
-    fetch = open_fetch(engine, work)
+    configured = new_engine(engine, open_fetch(engine, work), args)
     faiss.omp_set_num_threads(1)
     q0 = queries[0].tobytes()
 
     def open_and_answer() -> Any:
-        index: Any
-        if engine == "exact":
-            index = ExactVectorIndex.load(Path(args.checkpoint))
-        else:
-            index = load_ann_index(Path(args.checkpoint), fetch_exact=fetch)
+        snapshot = latest(Path(args.checkpoint))  # as FeatureIndex.load finds and opens it
+        assert snapshot is not None and snapshot.manifest["engine"] == configured.layout
+        index = configured.restored(snapshot.path)
         index.search([q0], K)
         return index
 
@@ -443,7 +440,7 @@ def timed_restart(open_and_answer: Callable[[], Any]) -> tuple[Any, Result]:
 
 
 def worker_rebuild(args: argparse.Namespace) -> Result:
-    """`lookalike rebuild`'s path: a fresh structure filled from the LMDB store of record."""
+    """`lookalike rebuild`'s path: a fresh engine filled from the LMDB store of record."""
     import faiss
 
     from index_store.feature_index import FeatureIndex
@@ -454,7 +451,7 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     index = FeatureIndex(
         store,
         INDEX_NAME,
-        new_index(engine, partial(store.vectors_of, INDEX_NAME), graph_options(args)),
+        new_engine(engine, partial(store.vectors_of, INDEX_NAME), args),
     )
     faiss.omp_set_num_threads(2)
     progress = Progress(f"{engine} rebuild from store", data.n)
@@ -463,7 +460,7 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     seconds = time.perf_counter() - t0
     faiss.omp_set_num_threads(1)
     if args.ef:  # the beam width the build run tuned
-        set_ef(index.structure, args.ef)
+        set_ef(index.engine, args.ef)
     found = [[n.image_id for n in index.search([q.tobytes()], K)] for q in data.queries()[:200]]
     return {
         "rebuild_s": seconds,
@@ -597,12 +594,12 @@ def worker_chroma_reopen(args: argparse.Namespace) -> Result:
 def worker_hamming(args: argparse.Namespace) -> Result:
     import faiss
 
-    from index_store.hamming_index import HammingIndex
+    from index_store.engines.hamming import HammingEngine
 
     n, code_bytes = args.hamming_n, 72
     rng = np.random.default_rng(args.seed)
     base_rss, _ = settled_rss()
-    index = HammingIndex(code_bytes)
+    index = HammingEngine(code_bytes)
     binary = faiss.IndexBinaryFlat(code_bytes * 8)
     progress = Progress("hamming insert", n)
     insert_s = 0.0
@@ -650,9 +647,9 @@ def worker_hamming(args: argparse.Namespace) -> Result:
         d, _ = binary.search(queries[i : i + 1], K)
         return [int(x) for x in d[0]]
 
-    a = timed("HammingIndex, 1 code/query, 1 thread", 1, ours)
-    timed("HammingIndex, 2 codes/query (image + mirror), 1 thread", 1, ours_pair)
-    timed("HammingIndex, 2 codes/query (image + mirror), 2 threads", 2, ours_pair)
+    a = timed("HammingEngine, 1 code/query, 1 thread", 1, ours)
+    timed("HammingEngine, 2 codes/query (image + mirror), 1 thread", 1, ours_pair)
+    timed("HammingEngine, 2 codes/query (image + mirror), 2 threads", 2, ours_pair)
     b = timed("faiss IndexBinaryFlat, 1 thread", 1, faiss_flat)
     timed("faiss IndexBinaryFlat, 2 threads", 2, faiss_flat)
     result["same_distances"] = a == b
@@ -814,8 +811,8 @@ def print_chroma_table(chroma: Result, ours: Result | None) -> None:
 def print_hamming_table(h: Result) -> None:
     print(f"\n### Hamming: {h['n']:,} random 576-bit codes (72 bytes), k=10\n")
     print(
-        f"HammingIndex: {h['insert_rate']:,.0f} upserts/s; RSS Δ {h['rss_mb']:,.0f} MB for "
-        f"HammingIndex + IndexBinaryFlat together; same top-10 distances: {h['same_distances']}\n"
+        f"HammingEngine: {h['insert_rate']:,.0f} upserts/s; RSS Δ {h['rss_mb']:,.0f} MB for "
+        f"HammingEngine + IndexBinaryFlat together; same top-10 distances: {h['same_distances']}\n"
     )
     print("| engine | query p50 ms | query p99 ms |")
     print("| --- | --- | --- |")

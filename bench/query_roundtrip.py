@@ -16,7 +16,8 @@ from pathlib import Path
 from bench.workload import IndexedListener, percentile
 from consumers.features.catalog import PHASH
 from consumers.indexer.query import QueryEngine
-from index_store.feature_index import FeatureIndex, make_structure
+from index_store.engines.factory import EngineFactory
+from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
 from lookalike.s3 import s3_client
 from lookalike.samples import distinct_jpegs
@@ -46,7 +47,7 @@ async def run(stack: Stack, images: int, queries: int) -> None:
     }
     # The same index, opened in this process: LMDB allows readers beside the indexer.
     store = FeatureStore(settings.index_dir / "store")
-    index = FeatureIndex(store, PHASH.index_name, make_structure(PHASH.metric, PHASH.dim))
+    index = FeatureIndex(store, PHASH.index_name, EngineFactory().make(PHASH.metric, PHASH.dim))
     index.load()
     engine = QueryEngine(settings, {"phash": PHASH}, {"phash": index})
 

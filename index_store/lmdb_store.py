@@ -9,6 +9,10 @@ ImageRecord), `offsets` ("topic/partition" -> next offset to read, as text), `lo
 ever applied) and `log:<index>` (change number -> image_id): the change log lets a restart
 bring an index snapshot up to date by replaying only what came after it. `rej:<index>`
 (image_id -> JSON eTag and reason) remembers object versions that cannot be indexed.
+
+The store decides what a change does (`apply`): it compares each change with what it holds and
+writes in the same transaction, and the in-memory engine mirrors only the changes that took
+effect. Applying the same batch twice changes nothing, which makes at-least-once delivery safe.
 """
 
 from __future__ import annotations
@@ -55,6 +59,15 @@ class Reject:
 Change = Upsert | Delete | Reject
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What `FeatureStore.apply` did: the index's change number after the batch, and the
+    changes that took effect, in order."""
+
+    seq: int
+    changes: list[Change]
+
+
 class FeatureStore:
     def __init__(self, path: Path, *, readonly: bool = False, map_size: int = 1 << 37) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -75,18 +88,21 @@ class FeatureStore:
             self._dbs[name] = db
         return db
 
-    def apply(self, index: str, changes: Sequence[Change], offsets: dict[str, int]) -> int:
-        """Write one batch and the offsets it covers, all or nothing; returns the index's
-        change number after it."""
+    def apply(self, index: str, changes: Sequence[Change], offsets: dict[str, int]) -> Applied:
+        """Write one batch and the offsets it covers, all or nothing. Only the last change per
+        image counts (Kafka keeps per-key order), and only if it changes something: a replayed
+        upsert (same eTag and vector), a replayed rejection or a delete of nothing is skipped.
+        Returns the changes that took effect, which the in-memory engine mirrors."""
         vec, meta, offs = self._db(f"vec:{index}"), self._db(f"meta:{index}"), self._db("offsets")
         seqs, log, rejected = self._db("seq"), self._db(f"log:{index}"), self._db(f"rej:{index}")
+        effective: list[Change] = []
         with self._env.begin(write=True) as txn:
             raw = txn.get(index.encode(), db=seqs)
             seq = int(raw) if raw is not None else 0
-            for change in changes:
+            for change in _last_per_image(changes):
                 key = change.image_id.encode()
-                seq += 1
-                txn.put(seq.to_bytes(8, "big"), key, db=log)
+                if not self._takes_effect(txn, index, key, change):
+                    continue
                 if isinstance(change, Upsert):
                     txn.put(key, change.vector, db=vec)
                     txn.put(key, change.record.model_dump_json().encode(), db=meta)
@@ -99,10 +115,28 @@ class FeatureStore:
                         txn.put(key, json.dumps(entry).encode(), db=rejected)
                     else:
                         txn.delete(key, db=rejected)
+                seq += 1
+                txn.put(seq.to_bytes(8, "big"), key, db=log)
+                effective.append(change)
             for name, offset in offsets.items():
                 txn.put(name.encode(), str(offset).encode(), db=offs)
             txn.put(index.encode(), str(seq).encode(), db=seqs)
-        return seq
+        return Applied(seq, effective)
+
+    def _takes_effect(self, txn: lmdb.Transaction, index: str, key: bytes, change: Change) -> bool:
+        """False for a replayed upsert (same eTag and vector), a replayed rejection (same
+        eTag) and a delete of what is neither indexed nor rejected."""
+        record = txn.get(key, db=self._db(f"meta:{index}"))
+        if isinstance(change, Upsert):
+            if record is None or json.loads(bytes(record))["etag"] != change.record.etag:
+                return True
+            return bool(txn.get(key, db=self._db(f"vec:{index}")) != change.vector)
+        if record is not None:
+            return True
+        rejection = txn.get(key, db=self._db(f"rej:{index}"))
+        if isinstance(change, Reject):
+            return rejection is None or _rejected_etag(bytes(rejection)) != (change.etag or "")
+        return rejection is not None
 
     def seq(self, index: str) -> int:
         with self._env.begin(db=self._db("seq")) as txn:
@@ -157,19 +191,20 @@ class FeatureStore:
             found = [txn.get(i.encode()) for i in image_ids]
             return [None if v is None else bytes(v) for v in found]
 
-    def vector(self, index: str, image_id: str) -> bytes | None:
-        return self.vectors_of(index, [image_id])[0]
-
     def record(self, index: str, image_id: str) -> ImageRecord | None:
+        return self.records_of(index, [image_id])[0]
+
+    def records_of(self, index: str, image_ids: Sequence[str]) -> list[ImageRecord | None]:
+        """Records of `image_ids` (None where absent) read in one transaction (search hits)."""
         with self._env.begin(db=self._db(f"meta:{index}")) as txn:
-            raw = txn.get(image_id.encode())
-        return None if raw is None else ImageRecord.model_validate_json(raw)
+            found = [txn.get(i.encode()) for i in image_ids]
+        return [None if raw is None else ImageRecord.model_validate_json(raw) for raw in found]
 
     def rejection(self, index: str, image_id: str) -> str | None:
         """The eTag at which `image_id` was rejected, if it was (and nothing came since)."""
         with self._env.begin(db=self._db(f"rej:{index}")) as txn:
             raw = txn.get(image_id.encode())
-        return None if raw is None else json.loads(raw)["etag"] or ""
+        return None if raw is None else _rejected_etag(raw)
 
     def rejections(self, index: str) -> Iterator[tuple[str, str | None]]:
         """(image id, eTag) of every rejected object version."""
@@ -185,3 +220,17 @@ class FeatureStore:
     def count(self, index: str) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._db(f"vec:{index}"))["entries"])
+
+
+def _last_per_image(changes: Sequence[Change]) -> list[Change]:
+    """Within one batch only the last change per image matters."""
+    last: dict[str, Change] = {}
+    for change in changes:
+        last.pop(change.image_id, None)
+        last[change.image_id] = change
+    return list(last.values())
+
+
+def _rejected_etag(raw: bytes) -> str:
+    etag: str | None = json.loads(raw)["etag"]
+    return etag or ""

@@ -1,9 +1,10 @@
-"""Index snapshots on disk, written so that a crash at any moment leaves the previous one usable.
+"""Index snapshots on disk, written so that a crash at any moment leaves the previous one usable:
+the one save protocol of every engine.
 
 A snapshot is a directory `<seq>/` (seq = the store's change number it covers) holding the
-search structure's files and a MANIFEST.json written last. It is built under a temporary name
-and renamed into place in one step; `latest` only trusts directories with a manifest, so a
-half-written snapshot is never loaded, and the next checkpoint removes its leftovers.
+engine's files and a MANIFEST.json written last. It is built under a temporary name, its files
+fsynced, and renamed into place in one step; `latest` only trusts directories with a manifest,
+so a half-written snapshot is never loaded, and the next checkpoint removes its leftovers.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from index_store.fsync import fsync_dir, fsync_file
 
 MANIFEST = "MANIFEST.json"
 
@@ -58,7 +57,7 @@ def write(
         # crash between these two renames leaves no snapshot, and the store rebuilds the index.
         os.replace(final, directory / f".old-{seq}-{uuid.uuid4().hex[:8]}")
     os.replace(tmp, final)
-    fsync_dir(directory)
+    _fsync_dir(directory)
     for old in directory.iterdir():  # earlier snapshots and leftovers of crashed ones
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -68,5 +67,21 @@ def write(
 def _fsync_all(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
-            fsync_file(path)
-    fsync_dir(directory)
+            _fsync_file(path)
+    _fsync_dir(directory)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (new names, renames)."""
+    try:
+        _fsync_file(path)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from bench.alert_thresholds import choose_threshold, distances
 from consumers.features.catalog import CLIP_ALERT_MAX_DISTANCE, build_features
 from consumers.features.contract import FeatureSpec
-from index_store.feature_index import make_structure
+from index_store.engines.factory import EngineFactory
 from index_store.metric import Metric
 from lookalike.samples import distinct_jpegs, jpeg
 from producers.uploads import upload_bytes
@@ -122,7 +122,7 @@ def test_bench_distances_equal_the_index_distances() -> None:
     cases = [(s, s.describe_batch(images)) for s in build_features(make_settings(), CHEAP)]
     cases.append((cosine, [row.tobytes() for row in unit]))
     for spec, vectors in cases:
-        index = make_structure(spec.metric, spec.dim, spec.codes_per_item, "exact")
+        index = EngineFactory("exact").make(spec.metric, spec.dim, spec.codes_per_item)
         for i, v in enumerate(vectors[1:], start=1):
             index.upsert(str(i), v)
         found = dict(index.search([vectors[0]], k=len(vectors)))

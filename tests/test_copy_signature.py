@@ -6,14 +6,14 @@ from __future__ import annotations
 from PIL import Image, ImageOps
 
 from consumers.features import copy_signature, phash
-from index_store.hamming_index import HammingIndex
+from index_store.engines.hamming import HammingEngine
 from lookalike.samples import photo
 
 NAMES = ("astronaut", "coffee", "rocket", "chelsea", "camera", "moon", "brick", "clock")
 
 
-def indexed() -> HammingIndex:
-    index = HammingIndex(phash.BITS // 8, codes_per_item=copy_signature.CODES)
+def indexed() -> HammingEngine:
+    index = HammingEngine(phash.BITS // 8, codes_per_item=copy_signature.CODES)
     for name in NAMES:
         index.upsert(name, copy_signature.describe(photo(name)))
     return index
@@ -54,5 +54,5 @@ def test_plain_phash_misses_the_crop_that_copy_finds() -> None:
 
 def test_query_by_stored_vector_matches_itself_exactly() -> None:
     index = indexed()
-    stored = index.code_of("moon")
+    stored = index.vector_of("moon")
     assert stored is not None and index.search([stored], 1) == [("moon", 0.0)]

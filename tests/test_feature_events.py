@@ -12,8 +12,8 @@ from aiokafka.structs import ConsumerRecord
 from consumers.features.catalog import PHASH
 from consumers.indexer.feature_events import FeatureEventApplier
 from consumers.kafka.runner import Record
+from index_store.engines.hamming import HammingEngine
 from index_store.feature_index import FeatureIndex
-from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import FeatureStore
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
 from schemas.settings import Settings
@@ -68,7 +68,7 @@ class Alerts:
 @pytest.fixture
 def parts(tmp_path: Path) -> tuple[FeatureEventApplier, FeatureStore, FeatureIndex, Sink, Alerts]:
     store = FeatureStore(tmp_path)
-    index = FeatureIndex(store, PHASH.index_name, HammingIndex(PHASH.vector_bytes))
+    index = FeatureIndex(store, PHASH.index_name, HammingEngine(PHASH.vector_bytes))
     sink, alerts = Sink(), Alerts()
     applier = FeatureEventApplier(SETTINGS, {"phash": PHASH}, {"phash": index}, sink, alerts)
     return applier, store, index, sink, alerts
@@ -124,8 +124,8 @@ async def test_events_the_index_cannot_take_are_dead_lettered_and_the_rest_appli
     await applier.apply(TP, batch)
     assert [offset for offset, _ in sink.letters] == [0, 1, 2]
     assert "dim" in sink.letters[1][1]
-    assert index.code_of("images/good.jpg") == code(3)
-    assert index.code_of("images/other.jpg") is None
+    assert index.vector_of("images/good.jpg") == code(3)
+    assert index.vector_of("images/other.jpg") is None
     assert store.offsets() == {f"{TP.topic}/2": 5}
     assert applier.rejected == 3
 

@@ -7,9 +7,9 @@ import pytest
 
 from consumers.features.catalog import COLOUR, PHASH
 from consumers.indexer.query import QueryEngine
-from index_store.exact_vector_index import ExactVectorIndex
+from index_store.engines.exact_float import ExactFloatEngine
+from index_store.engines.hamming import HammingEngine
 from index_store.feature_index import FeatureIndex
-from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
 from lookalike.samples import jpeg, photo
 from producers.search_client import merge_replies
@@ -23,8 +23,8 @@ PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> QueryEngine:
     store = FeatureStore(tmp_path_factory.mktemp("query"))
-    phash = FeatureIndex(store, PHASH.index_name, HammingIndex(PHASH.vector_bytes))
-    colour = FeatureIndex(store, COLOUR.index_name, ExactVectorIndex(COLOUR.dim, COLOUR.metric))
+    phash = FeatureIndex(store, PHASH.index_name, HammingEngine(PHASH.vector_bytes))
+    colour = FeatureIndex(store, COLOUR.index_name, ExactFloatEngine(COLOUR.dim, COLOUR.metric))
     images = {name: photo(name) for name in PHOTOS}
     for spec, index in ((PHASH, phash), (COLOUR, colour)):
         vectors = spec.describe_batch(list(images.values()))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from index_store.engines.hamming import HammingEngine
 from index_store.feature_index import FeatureIndex
-from index_store.hamming_index import HammingIndex
 from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
 from index_store.snapshots import latest
 
@@ -25,7 +25,7 @@ def codes(n: int, seed: int) -> list[bytes]:
 
 def open_index(tmp: Path) -> tuple[FeatureStore, FeatureIndex]:
     store = FeatureStore(tmp / "store")
-    return store, FeatureIndex(store, "h", HammingIndex(8), snapshot_dir=tmp / "snapshots")
+    return store, FeatureIndex(store, "h", HammingEngine(8), snapshot_dir=tmp / "snapshots")
 
 
 def test_snapshot_plus_later_changes_equals_the_live_index(tmp_path: Path) -> None:
@@ -79,10 +79,10 @@ def test_half_written_snapshot_is_ignored(tmp_path: Path) -> None:
 
 def test_without_snapshot_the_whole_store_is_loaded(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "store")
-    FeatureIndex(store, "h", HammingIndex(8)).apply(
+    FeatureIndex(store, "h", HammingEngine(8)).apply(
         [upsert(f"i{n}", c) for n, c in enumerate(codes(7, 4))], {"t/0": 7}
     )
-    again = FeatureIndex(store, "h", HammingIndex(8), snapshot_dir=tmp_path / "none")
+    again = FeatureIndex(store, "h", HammingEngine(8), snapshot_dir=tmp_path / "none")
     assert again.load() == 7
     store.close()
 
@@ -93,7 +93,7 @@ def test_rebuild_keeps_changes_applied_while_it_ran(tmp_path: Path) -> None:
 
     def vectors_then_a_concurrent_batch() -> Iterator[tuple[str, bytes]]:
         yield from store.vectors("h")
-        # A batch lands while the fresh structure is being built.
+        # A batch lands while the fresh engine is being built.
         index.apply([Delete("i0"), upsert("late", codes(1, 5)[0])], {"t/0": 32})
 
     expected_ids = {f"i{n}" for n in range(1, 30)} | {"late"}
@@ -109,12 +109,12 @@ import sys
 from pathlib import Path
 import numpy as np
 from index_store.feature_index import FeatureIndex
-from index_store.hamming_index import HammingIndex
+from index_store.engines.hamming import HammingEngine
 from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
 
 root = Path(sys.argv[1])
 store = FeatureStore(root / "store")
-index = FeatureIndex(store, "h", HammingIndex(72), snapshot_dir=root / "snapshots" / "h")
+index = FeatureIndex(store, "h", HammingEngine(72), snapshot_dir=root / "snapshots" / "h")
 index.load()
 rng = np.random.default_rng(0)
 done = store.offsets().get("t/0", 0)
@@ -154,9 +154,9 @@ def test_kill_9_during_checkpoints_loses_nothing(tmp_path: Path) -> None:
     assert caught_mid_checkpoint >= 2  # the kills really landed inside checkpoints
 
     store = FeatureStore(tmp_path / "store")
-    index = FeatureIndex(store, "h", HammingIndex(72), snapshot_dir=tmp_path / "snapshots" / "h")
+    index = FeatureIndex(store, "h", HammingEngine(72), snapshot_dir=tmp_path / "snapshots" / "h")
     indexed = store.offsets()["t/0"]
     assert index.load() == indexed == store.count("h")  # offsets match what is indexed
     for image_id, code in store.vectors("h"):
-        assert index.code_of(image_id) == code
+        assert index.vector_of(image_id) == code
     store.close()

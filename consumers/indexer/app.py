@@ -19,7 +19,8 @@ from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.reconcile import Reconciler
 from consumers.indexer.search_service import build_search_broker
-from index_store.feature_index import FeatureIndex, make_structure
+from index_store.engines.factory import EngineFactory
+from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
 from schemas.kafka import make_producer, partitions_of
 from schemas.settings import Settings
@@ -32,17 +33,16 @@ async def run_indexer(
 ) -> None:
     store = FeatureStore(settings.index_dir / "store")
     snapshots = settings.index_dir / "snapshots"
+    engines = EngineFactory.from_settings(settings)
     indexes = {
         spec.name: FeatureIndex(
             store,
             spec.index_name,
-            make_structure(
+            engines.make(
                 spec.metric,
                 spec.dim,
                 spec.codes_per_item,
-                settings.vector_index,
-                fetch_exact=partial(store.vectors_of, spec.index_name),
-                reduce_dim=settings.vector_reduce_dim,
+                exact_vectors=partial(store.vectors_of, spec.index_name),
             ),
             snapshot_dir=snapshots / spec.index_name,
         )

@@ -69,7 +69,7 @@ class QueryEngine:
     ) -> tuple[list[bytes], list[str]]:
         exclude = list(request.exclude)
         if request.image_id is not None:
-            code = index.code_of(request.image_id)
+            code = index.vector_of(request.image_id)
             if code is None:
                 raise QueryError(
                     SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in the index"

@@ -1,7 +1,9 @@
-"""Exact Hamming search over fixed-length binary codes on faiss's popcount kernel: ~34 ms p50
-per query code over 10M 576-bit codes on one core (bench/index_scale.py, BENCHMARKS.md),
-within ~2 ms of faiss's heap-based IndexBinaryFlat scan, while ties at the k-th distance,
-free slots, exclusions and several codes per item stay exact.
+"""Exact Hamming search over fixed-length binary codes, on faiss's popcount kernel.
+
+A chunk of rows at a time is scanned into a cache-resident buffer and only the rows that can
+still make the top k are kept (nearest_pool.py), so ties at the k-th distance, free slots,
+exclusions and several codes per item stay exact; BENCHMARKS.md ("Hamming") compares it with
+faiss's heap-based IndexBinaryFlat scan.
 
 An item may hold several codes (`codes_per_item`, e.g. hashes of crops and turns of one
 image): its distance to a query is the smallest over all (query code, item code) pairs.
@@ -10,32 +12,49 @@ image): its distance to a query is the smallest over all (query code, item code)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.dense_rows import DenseRowIndex, Scanner
+from index_store.engines.dense_rows import DenseRowEngine, Scanner
+
+SCAN_ROWS = 1 << 18  # rows of one code per scan step; items of several codes take fewer
 
 
-class HammingIndex(DenseRowIndex):
-    def __init__(self, code_bytes: int, capacity: int = 1024, codes_per_item: int = 1) -> None:
+class HammingEngine(DenseRowEngine):
+    def __init__(
+        self,
+        code_bytes: int,
+        codes_per_item: int = 1,
+        *,
+        scan_rows: int | None = None,
+        capacity: int = 1024,
+    ) -> None:
         if code_bytes % 8:
             raise ValueError("code length must be a multiple of 64 bits")
         self.code_bytes = code_bytes
         self.codes_per_item = codes_per_item
         self.item_bytes = code_bytes * codes_per_item
-        self._words = code_bytes // 8
-        super().__init__(self._words * codes_per_item, np.uint64, capacity)
-        self._scan_rows = max(1024, DenseRowIndex._scan_rows // codes_per_item)
+        rows = scan_rows or max(1024, SCAN_ROWS // codes_per_item)
+        words = code_bytes // 8
+        super().__init__(words * codes_per_item, np.uint64, scan_rows=rows, capacity=capacity)
 
-    def _params(self) -> dict[str, Any]:
-        return {"code_bytes": self.code_bytes, "codes_per_item": self.codes_per_item}
+    @property
+    def layout(self) -> dict[str, object]:
+        return {
+            "engine": "hamming",
+            "code_bytes": self.code_bytes,
+            "codes_per_item": self.codes_per_item,
+        }
+
+    def empty(self) -> Self:
+        return type(self)(self.code_bytes, self.codes_per_item, scan_rows=self.scan_rows)
 
     def _row(self, vector: bytes) -> NDArray[Any]:
         if len(vector) != self.item_bytes:
-            raise ValueError(f"item has {len(vector)} bytes, index holds {self.item_bytes}")
+            raise ValueError(f"item has {len(vector)} bytes, the engine holds {self.item_bytes}")
         return np.frombuffer(vector, dtype=np.uint64)
 
     def _query_parts(self, queries: Sequence[bytes]) -> list[bytes]:
@@ -46,7 +65,7 @@ class HammingIndex(DenseRowIndex):
     def _scanner(self, parts: list[bytes]) -> Scanner:
         queries = np.frombuffer(b"".join(parts), dtype=np.uint8).copy()
         # One buffer for the whole search, refilled per chunk: it stays in cache.
-        out = np.empty(len(parts) * self._scan_rows * self.codes_per_item, dtype=np.int32)
+        out = np.empty(len(parts) * self.scan_rows * self.codes_per_item, dtype=np.int32)
 
         def scan(lo: int, hi: int) -> NDArray[np.int32]:
             codes = self._rows[lo:hi].view(np.uint8)

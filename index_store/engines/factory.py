@@ -1,0 +1,93 @@
+"""Which engine each feature gets, bound to the configuration.
+
+- Hamming codes: `HammingEngine` (exact).
+- L1 float vectors (colour histograms), and cosine ones with `vector_index="exact"`:
+  `ExactFloatEngine`.
+- cosine, `"hnsw"`: `HnswlibEngine` (float32, so its distances are exact).
+- cosine, `"faiss-hnsw-sq8"` / `"faiss-hnsw"`: `FaissHnswEngine`, SQ8 or float32, over
+  `reduce_dim`-d PCA projections when the store can re-rank; inside `ExactUntilTrained` when it
+  needs training, and inside `ExactRerank` when its distances are approximate and the store can
+  re-rank.
+
+The defaults (engine, graph settings, re-rank depth, projection) are the ones measured with
+`bench/index_scale.py` in BENCHMARKS.md ("Index scale").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Self
+
+from index_store.engines.engine import Engine, FetchVectors
+from index_store.engines.exact_float import ExactFloatEngine
+from index_store.engines.exact_until_trained import ExactUntilTrained
+from index_store.engines.faiss_graph import Compaction, FaissHnswEngine
+from index_store.engines.graph import GraphSettings
+from index_store.engines.hamming import HammingEngine
+from index_store.engines.hnswlib_graph import HnswlibEngine
+from index_store.engines.rerank import ExactRerank
+from index_store.metric import Metric
+from schemas.settings import Settings
+
+FloatEngineName = Literal["exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8"]
+FLOAT_ENGINES: tuple[FloatEngineName, ...] = ("exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8")
+
+# ef_search: the beam that reaches the recall target in BENCHMARKS.md ("ef ladder") for the
+# faiss graph; hnswlib needs a wider one there, so its default trades recall for latency.
+FAISS_GRAPH = GraphSettings(m=32, ef_construction=200, ef_search=160)
+HNSWLIB_GRAPH = GraphSettings(m=16, ef_construction=100, ef_search=160)
+COMPACTION = Compaction(fraction=0.25, minimum=1_000)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineFactory:
+    """`float_engine` and `reduce_dim`: Settings.vector_index and .vector_reduce_dim;
+    `graph`: None for the engine's default (FAISS_GRAPH, HNSWLIB_GRAPH); `rerank_depth`:
+    candidates per result re-ranked from the store; `train_size`: vectors a quantiser and a
+    projection are fitted on (served exactly until then)."""
+
+    float_engine: FloatEngineName = "faiss-hnsw-sq8"
+    reduce_dim: int = 64
+    graph: GraphSettings | None = None
+    rerank_depth: int = 4
+    train_size: int = 10_000
+    compaction: Compaction = COMPACTION
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(float_engine=settings.vector_index, reduce_dim=settings.vector_reduce_dim)
+
+    def make(
+        self,
+        metric: Metric,
+        dim: int,
+        codes_per_item: int = 1,
+        exact_vectors: FetchVectors | None = None,
+    ) -> Engine:
+        """An empty engine. `dim`: bits of all an item's codes for Hamming, floats otherwise;
+        `exact_vectors`: exact float32 bytes by id from the store of record, which lets an
+        approximate engine re-rank (and project: without it, a projection is not used)."""
+        if metric is Metric.HAMMING:
+            return HammingEngine(dim // 8 // codes_per_item, codes_per_item)
+        if metric is not Metric.COSINE or self.float_engine == "exact":
+            return ExactFloatEngine(dim, metric)
+        if self.float_engine == "hnsw":
+            return HnswlibEngine(dim, self.graph or HNSWLIB_GRAPH)
+        if self.float_engine not in ("faiss-hnsw", "faiss-hnsw-sq8"):
+            raise ValueError(f"unknown engine {self.float_engine!r}, not one of {FLOAT_ENGINES}")
+        project = 0 < self.reduce_dim < dim and exact_vectors is not None
+        if project and self.train_size <= self.reduce_dim:
+            raise ValueError(f"{self.train_size} vectors cannot fit {self.reduce_dim} components")
+        graph = FaissHnswEngine(
+            dim,
+            self.graph or FAISS_GRAPH,
+            quantised=self.float_engine == "faiss-hnsw-sq8",
+            reduce_to=self.reduce_dim if project else None,
+            compaction=self.compaction,
+        )
+        engine: Engine = graph
+        if graph.needs_training:
+            engine = ExactUntilTrained(graph, self.train_size)
+        if exact_vectors is not None and not graph.exact_distances:
+            engine = ExactRerank(engine, exact_vectors, dim, self.rerank_depth)
+        return engine

@@ -1,0 +1,283 @@
+"""faiss HNSW graph over unit vectors: 8-bit scalar-quantised (a quarter of float32) or float32,
+optionally over PCA projections; cosine distance.
+
+faiss HNSW cannot remove or overwrite a vector: a remove or replace leaves a tombstone, a dead
+slot that searches skip (a live bitmap read by faiss's `IDSelectorBitmap` inside the graph
+search, so removed ids are never returned). `needs_compaction` says when the tombstones are
+enough that rebuilding from the store pays; the owner rebuilds off the search lock
+(`FeatureIndex.compact_if_needed`).
+
+With `reduce_to` the graph holds PCA projections (faiss `PCAMatrix` in an `IndexPreTransform`)
+searched by L2, which costs less per visited node. The projection is orthonormal and applied to
+*centred* vectors, so L2 distances between projections approximate the original ones (the
+dropped components add a nearly constant term), and for unit vectors L2 order is cosine order.
+Inner products would not survive the centring: embeddings such as CLIP's share a large common
+direction, and `(q - mean) . (x - mean)` ranks differently from `q . x`.
+
+A quantised or projected graph is trained (`train`) before its first vector; until then
+exact_until_trained.py serves exactly. Its distances are approximate: rerank.py makes them
+exact from the store. How the defaults were chosen: BENCHMARKS.md ("Index scale").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import faiss
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from index_store.engines.engine import (
+    Hit,
+    Vectors,
+    float_matrix,
+    float_rows,
+    require_distinct,
+)
+from index_store.engines.graph import Candidates, GraphSettings, graph_search
+from index_store.engines.slots import SlotMap
+
+log = structlog.get_logger(__name__)
+
+GRAPH_FILE = "faiss.index"
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """Rebuild once tombstones exceed `fraction` of the live count and `minimum`: amortised,
+    a rebuild of L vectors happens at most once per `fraction * L` removals."""
+
+    fraction: float
+    minimum: int
+
+
+class FaissHnswEngine:
+    def __init__(
+        self,
+        dim: int,
+        graph: GraphSettings,
+        *,
+        quantised: bool = True,
+        reduce_to: int | None = None,
+        compaction: Compaction = Compaction(fraction=0.25, minimum=1_000),
+    ) -> None:
+        if reduce_to is not None and not 0 < reduce_to < dim:
+            raise ValueError(f"reduce_to must be between 1 and {dim - 1}, got {reduce_to}")
+        self.dim = dim
+        self.graph = graph
+        self.quantised = quantised
+        self.reduce_to = reduce_to
+        self.compaction = compaction
+        self.ef_search = graph.ef_search
+        self._slots = SlotMap(reuse=False)
+        self._live = _LiveBits()
+        self._index = self._new_index()
+
+    @property
+    def layout(self) -> dict[str, object]:
+        name = "faiss-hnsw-sq8" if self.quantised else "faiss-hnsw"
+        return {"engine": name, "dim": self.dim, "reduce_to": self.reduce_to}
+
+    @property
+    def exact_distances(self) -> bool:
+        return not self.quantised and self.reduce_to is None
+
+    @property
+    def needs_training(self) -> bool:
+        return not self._index.is_trained
+
+    @property
+    def slots(self) -> int:
+        """Graph nodes, live or tombstones."""
+        return self._slots.size
+
+    @property
+    def tombstones(self) -> int:
+        return self._slots.dead
+
+    @property
+    def needs_compaction(self) -> bool:
+        policy = self.compaction
+        return self._slots.dead > max(policy.minimum, policy.fraction * len(self))
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._slots
+
+    def train(self, sample: NDArray[np.float32]) -> None:
+        """Fit the projection and the quantiser on `sample` (rows are vectors)."""
+        self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        if self.reduce_to is not None:
+            pca: Any = faiss.downcast_VectorTransform(self._index.chain.at(0))
+            variance = np.clip(faiss.vector_to_array(pca.eigenvalues).astype(np.float64), 0, None)
+            kept = float(variance[: self.reduce_to].sum() / variance.sum())
+            log.info(
+                "index.projection_fitted",
+                dims=f"{self.dim}->{self.reduce_to}",
+                variance_kept=round(kept, 4),
+                vectors=len(sample),
+            )
+            if kept < 0.9:  # the graph misses neighbours; re-ranking cannot find them
+                log.warning("index.projection_loses_variance", variance_kept=kept)
+
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        values = float_matrix([vector], self.dim)
+        self._bury(image_id)
+        with _one_omp_thread():  # forking OpenMP threads for one vector costs more than it saves
+            self._append([image_id], values)
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
+        """Graph insertion on faiss's OpenMP threads."""
+        require_distinct(image_ids)
+        values = float_rows(vectors, len(image_ids), self.dim)
+        if not image_ids:
+            return
+        for image_id in image_ids:
+            self._bury(image_id)
+        self._append(image_ids, values)
+
+    def remove(self, image_id: str) -> bool:
+        return self._bury(image_id)
+
+    def vector_of(self, image_id: str) -> bytes | None:
+        """What the graph holds: within half a quantisation step of the original, and
+        projected back (losing what the projection dropped)."""
+        slot = self._slots.slot_of(image_id)
+        if slot is None:
+            return None
+        values: NDArray[np.float32] = self._index.reconstruct(slot)
+        return values.astype(np.float32).tobytes()
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        return graph_search(
+            self._slots, self.dim, self._candidates, queries, k, max_distance, exclude
+        )
+
+    def empty(self) -> Self:
+        engine = type(self)(
+            self.dim,
+            self.graph,
+            quantised=self.quantised,
+            reduce_to=self.reduce_to,
+            compaction=self.compaction,
+        )
+        engine.ef_search = self.ef_search
+        return engine
+
+    def save(self, directory: Path) -> None:
+        faiss.write_index(self._index, str(directory / GRAPH_FILE))
+        self._slots.save(directory)
+
+    def restored(self, directory: Path) -> Self:
+        engine = self.empty()
+        engine._slots = SlotMap.load(directory, reuse=False)
+        engine._index = faiss.read_index(str(directory / GRAPH_FILE))
+        if engine._index.d != self.dim or engine._index.ntotal != engine._slots.size:
+            raise ValueError(f"{directory}: the graph does not match its ids or dimensions")
+        engine._hnsw().efConstruction = self.graph.ef_construction
+        engine._live = _LiveBits()
+        engine._live.set(np.array([slot for slot, _ in engine._slots.live()], dtype=np.int64))
+        return engine
+
+    # -- internals --
+
+    def _new_index(self) -> Any:
+        metric = faiss.METRIC_INNER_PRODUCT if self.reduce_to is None else faiss.METRIC_L2
+        dim, m = self.reduce_to or self.dim, self.graph.m
+        graph: Any
+        if self.quantised:
+            qtype: Any = faiss.ScalarQuantizer.QT_8bit
+            graph = faiss.IndexHNSWSQ(dim, qtype, m, metric)
+        else:
+            graph = faiss.IndexHNSWFlat(dim, m, metric)
+        graph.hnsw.efConstruction = self.graph.ef_construction
+        if self.reduce_to is None:
+            return graph
+        return faiss.IndexPreTransform(faiss.PCAMatrix(self.dim, self.reduce_to), graph)
+
+    def _hnsw(self) -> Any:
+        graph: Any = self._index
+        if self.reduce_to is not None:  # the graph behind the projection
+            graph = faiss.downcast_index(graph.index)
+        return graph.hnsw
+
+    def _append(self, image_ids: Sequence[str], values: NDArray[np.float32]) -> None:
+        if self.needs_training:
+            raise ValueError("the graph is not trained yet: train() it first")
+        first = self._slots.size
+        self._index.add(values)
+        for image_id in image_ids:
+            self._slots.add(image_id)
+        self._live.set(np.arange(first, self._slots.size, dtype=np.int64))
+
+    def _bury(self, image_id: str) -> bool:
+        slot = self._slots.release(image_id)
+        if slot is None:
+            return False
+        self._live.clear(slot)
+        return True
+
+    def _candidates(self, queries: NDArray[np.float32], count: int) -> Candidates:
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        params.efSearch = max(self.ef_search, count)
+        selector = None
+        if self._slots.dead:
+            selector = self._live.selector()
+            params.sel = selector
+        with _one_omp_thread():
+            scores, found = self._index.search(queries, count, params=params)
+        del selector
+        dists: NDArray[np.float32]
+        if self.reduce_to is None:  # inner products
+            dists = (1.0 - scores).astype(np.float32)
+        else:  # squared L2 of unit vectors = 2 * cosine distance (approximate: projected)
+            dists = (0.5 * scores).astype(np.float32)
+        return found.astype(np.int64).ravel(), dists.ravel()
+
+
+class _LiveBits:
+    """One bit per slot, 1 = live: what a search's `IDSelectorBitmap` reads."""
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(128, dtype=np.uint8)
+
+    def set(self, slots: NDArray[np.int64]) -> None:
+        if not slots.size:
+            return
+        need = int(slots.max()) // 8 + 1
+        if need > self.bits.size:
+            bits = np.zeros(max(need, 2 * self.bits.size), dtype=np.uint8)
+            bits[: self.bits.size] = self.bits
+            self.bits = bits
+        masks = np.left_shift(np.uint8(1), (slots & 7).astype(np.uint8))
+        np.bitwise_or.at(self.bits, slots >> 3, masks)
+
+    def clear(self, slot: int) -> None:
+        self.bits[slot >> 3] &= np.uint8(0xFF ^ (1 << (slot & 7)))
+
+    def selector(self) -> Any:
+        return faiss.IDSelectorBitmap(self.bits.size, faiss.swig_ptr(self.bits))
+
+
+@contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """Run faiss on the calling thread only (OpenMP's thread count is per calling thread)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
