@@ -417,6 +417,8 @@ def worker_load(args: argparse.Namespace) -> Result:
         snapshot = latest(Path(args.checkpoint))  # as FeatureIndex.load finds and opens it
         assert snapshot is not None and snapshot.manifest["engine"] == configured.layout
         index = configured.restored(snapshot.path)
+        if args.ef:  # a snapshot brings data, not the beam: search at the build run's
+            set_ef(index, args.ef)
         index.search([q0], K)
         return index
 
@@ -925,12 +927,14 @@ def main() -> None:
                 print(f"\n# engine {engine}", file=sys.stderr, flush=True)
                 row = run_worker(args, "build", ["--engine", engine])
                 row.setdefault("engine", engine)
+                tuned = ["--ef", str(row["ef"])] if row.get("ef") else []
                 if "checkpoint" in row:
                     row["load"] = run_worker(
-                        args, "load", ["--engine", engine, "--checkpoint", row["checkpoint"]]
+                        args,
+                        "load",
+                        ["--engine", engine, "--checkpoint", row["checkpoint"], *tuned],
                     )
                 if engine.endswith("+rerank") and args.rebuild:
-                    tuned = ["--ef", str(row["ef"])] if row.get("ef") else []
                     row["rebuild"] = run_worker(args, "rebuild", ["--engine", engine, *tuned])
                 rows.append(row)
             results["ann"] = rows
