@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from lookalike.embedded import ManagedProcess, free_port, wait_for_port
 from lookalike.samples import jpeg, photo
 from lookalike.stack import Stack
 from producers.search_client import SearchClient, SearchTimeout
@@ -22,6 +20,7 @@ from producers.uploads import upload_bytes
 from schemas.search import SearchErrorCode, SearchReply, SearchRequest
 from schemas.settings import Settings
 from tests.kafka_helpers import eventually
+from tests.silent_s3 import silent_s3
 
 pytestmark = pytest.mark.integration
 
@@ -94,43 +93,9 @@ def log_events(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def silent_s3(stack: Stack, settings: Settings) -> Iterator[Minio]:
-    """A second S3 server on the same data: it changes objects but sends no notifications,
-    like events lost to a crash or an empty broker."""
-    port = free_port()
-    env = dict(
-        os.environ, NANIO_ACCESS_KEY=settings.s3_access_key, NANIO_SECRET_KEY=settings.s3_secret_key
-    )
-    proc = ManagedProcess(
-        "silent-s3",
-        [
-            sys.executable,
-            "-m",
-            "nanio",
-            "serve",
-            "--data-dir",
-            str(stack.data_dir / "s3"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        env,
-        stack.data_dir / "logs" / "silent-s3.log",
-    )
-    proc.start()
-    assert proc.proc is not None
-    wait_for_port(port, proc.proc)
-    try:
-        yield Minio(
-            f"127.0.0.1:{port}",
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=False,
-        )
-    finally:
-        proc.stop()
+def quiet_s3(stack: Stack) -> Iterator[Minio]:
+    with silent_s3(stack) as client:
+        yield client
 
 
 def run_backfill(stack: Stack) -> str:
@@ -146,15 +111,15 @@ def run_backfill(stack: Stack) -> str:
 
 
 async def test_backfill_indexes_missed_uploads_and_removes_missed_deletes(
-    stack: Stack, s3: Minio, silent_s3: Minio, settings: Settings, search: SearchClient
+    stack: Stack, s3: Minio, quiet_s3: Minio, settings: Settings, search: SearchClient
 ) -> None:
     prefix = f"backfill-{uuid.uuid4().hex[:6]}"
     kept, dropped = f"{prefix}/kept.jpg", f"{prefix}/dropped.jpg"
     upload_bytes(s3, settings.bucket, dropped, jpeg(photo("page")))
     await eventually(lambda: by_id(search, f"{settings.bucket}/{dropped}"), found)
 
-    upload_bytes(silent_s3, settings.bucket, kept, jpeg(photo("retina")))
-    silent_s3.remove_object(settings.bucket, dropped)
+    upload_bytes(quiet_s3, settings.bucket, kept, jpeg(photo("retina")))
+    quiet_s3.remove_object(settings.bucket, dropped)
     missed = await by_id(search, f"{settings.bucket}/{kept}")
     assert not_found(missed)  # no event was sent for it
 
