@@ -34,7 +34,7 @@ def fail_fast_client(settings: Settings) -> Minio:
     an operation within seconds (the minio default retries 5 times, with 5-minute timeouts,
     which would only delay the uploads of an outage until it ends)."""
     http = urllib3.PoolManager(
-        maxsize=16,
+        maxsize=32,
         timeout=urllib3.Timeout(connect=2.0, read=20.0),
         retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
     )
@@ -94,7 +94,7 @@ class OpCounts:
 class S3Ops:
     """put/delete on a thread pool; failures are counted, never raised (S3 may be down)."""
 
-    def __init__(self, s3: Minio, bucket: str, workers: int = 8) -> None:
+    def __init__(self, s3: Minio, bucket: str, workers: int = 32) -> None:
         self._s3 = s3
         self.bucket = bucket
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faults-s3")

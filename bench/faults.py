@@ -85,6 +85,7 @@ class Harness:
         self.ops = S3Ops(fail_fast_client(self.settings), self.settings.bucket)
         self.images = ImageMaker(seed=1)
         self.unindexable: set[str] = set()
+        self.done: set[str] = set()  # rows run so far
         self.comparer = Comparer(self.settings, s3_client(self.settings), self.unindexable)
 
     async def warm_up(self) -> None:
@@ -101,14 +102,16 @@ class Harness:
         plan = self.plan
         row = RowResult(name)
         ok0, failed0 = self.ops.counts.ok, self.ops.counts.failed
-        workload = MixedWorkload(self.ops, self.images, f"{name}/", plan.rate, seed=seq)
+        prefix = f"{name}/" if name not in self.done else f"{name}.{seq}/"  # a repeated row
+        self.done.add(name)
+        workload = MixedWorkload(self.ops, self.images, prefix, plan.rate, seed=seq)
         ctx = FaultContext(
             stack=self.stack,
             settings=self.settings,
             ops=self.ops,
             images=self.images,
             workload=workload,
-            prefix=f"{name}/",
+            prefix=prefix,
             quick=self.quick,
             rng=random.Random(seq),
             unindexable=self.unindexable,
@@ -147,7 +150,7 @@ class Harness:
             except Exception as exc:
                 row.notes.append(f"check failed: {exc!r}")
         if row.comparison.equal:
-            await self.spot_check(row, f"{self.settings.bucket}/{name}/")
+            await self.spot_check(row, f"{self.settings.bucket}/{prefix}")
         if row.failed:
             row.notes.append(f"{row.failed} S3 operations failed (the bucket decides what counts)")
         if not row.comparison.equal:
@@ -230,7 +233,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a run under 5 minutes")
-    parser.add_argument("--rows", default=",".join(FAULTS), help="comma-separated rows to run")
+    parser.add_argument(
+        "--rows", default=",".join(FAULTS), help="comma-separated rows to run (a row may repeat)"
+    )
     parser.add_argument("--rate", type=float, help="operations per second")
     parser.add_argument("--pre", type=float, help="seconds of workload before the fault")
     parser.add_argument("--post", type=float, help="seconds of workload after the fault")

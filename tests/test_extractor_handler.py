@@ -96,3 +96,9 @@ async def test_s3_unreachable_raises_so_the_batch_is_retried_not_dropped() -> No
     s3.down = True
     with pytest.raises(MaxRetryError):
         await handler(s3).handle_batch([created("a.jpg", "e1")])
+
+
+async def test_events_that_are_not_work_are_skipped_without_an_error() -> None:
+    event = build_notification("s3:ObjectCreated:Put", BUCKET, "notes.json", etag="e", size=3)
+    [outcome] = await handler(FakeS3()).handle_batch([(b"images/notes.json", event)])
+    assert outcome.events == [] and outcome.dead_letter_reason is None

@@ -105,16 +105,16 @@ class ExtractorService:
             log.warning("extractor.commit_refused", error=repr(exc))
 
     async def on_new_log(self, partitions: Sequence[TopicPartition], why: str) -> None:
-        """Resume each partition at what the group committed in this log, or at its start."""
+        """Read each partition of the new log from its start. Offsets the group holds in the
+        new log cannot be trusted: a batch of the old log that was in flight at the restart
+        may have committed its old offset there (past the new log's end). Reading the new
+        log again is idempotent, and it holds only what was published since it started."""
         consumer = self._consumer
         assert consumer is not None
-        for tp in partitions:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-                log.warning("extractor.read_from_start", partition=tp.partition, why=why)
-            else:
-                consumer.seek(tp, committed)
+        await consumer.seek_to_beginning(*partitions)
+        log.warning(
+            "extractor.read_from_start", partitions=[tp.partition for tp in partitions], why=why
+        )
 
 
 class _LogAssignments(ConsumerRebalanceListener):  # type: ignore[misc]

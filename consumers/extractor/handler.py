@@ -124,7 +124,9 @@ class EventHandler:
         prepared = _Prepared()
         for item in items:
             if isinstance(item, Ignored):
-                log.info("event.ignored", event=item.event_name, key=item.key, reason=item.reason)
+                log.info(
+                    "event.ignored", event_name=item.event_name, key=item.key, reason=item.reason
+                )
                 continue
             result = await self._fetch_and_decode(item)
             if isinstance(result, _Rejected):
