@@ -395,7 +395,7 @@ def worker_build(args: argparse.Namespace) -> Result:
     ckpt = work / "checkpoints" / engine
     shutil.rmtree(ckpt, ignore_errors=True)
     t0 = time.perf_counter()  # what FeatureIndex.checkpoint writes: files, fsync, rename
-    snapshot = write(ckpt, data.n, index.save, {"engine": index.layout})
+    snapshot = write(ckpt, data.n, index.save, {"format": index.snapshot_format})
     result["save_s"] = time.perf_counter() - t0
     result["ckpt_mb"] = sum(p.stat().st_size for p in snapshot.path.iterdir()) / MB
     result["checkpoint"] = str(ckpt)
@@ -415,7 +415,7 @@ def worker_load(args: argparse.Namespace) -> Result:
 
     def open_and_answer() -> Any:
         snapshot = latest(Path(args.checkpoint))  # as FeatureIndex.load finds and opens it
-        assert snapshot is not None and snapshot.manifest["engine"] == configured.layout
+        assert snapshot is not None and snapshot.manifest["format"] == configured.snapshot_format
         index = configured.restored(snapshot.path)
         if args.ef:  # a snapshot brings data, not the beam: search at the build run's
             set_ef(index, args.ef)

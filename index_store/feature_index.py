@@ -7,11 +7,11 @@ engine mirrors only those.
 
 Checkpoint, in order: (1) each batch's changes and offsets are committed to LMDB together,
 numbered by the store's change counter; (2) `checkpoint()` writes the engine as a snapshot
-tagged with the change number it covers and the engine's layout (atomically, see
+tagged with the change number it covers and the engine's snapshot format (atomically, see
 snapshots.py); (3) the store's change log up to that number is dropped. A restart loads the
-newest snapshot of the configured layout and replays only the store's changes after it, then
-resumes Kafka at the stored offsets; a snapshot it cannot use (another engine, layout or
-format) is ignored and the engine is filled from the store instead.
+newest snapshot in the configured engine's format, replays only the store's changes after it,
+then resumes Kafka at the stored offsets; a snapshot it cannot use (another engine or format)
+is ignored and the engine is filled from the store instead.
 """
 
 from __future__ import annotations
@@ -86,12 +86,12 @@ class FeatureIndex:
         return len(self._engine)
 
     def _load_snapshot(self, snapshot: Snapshot) -> Engine | None:
-        """None when the snapshot was written by another engine, layout or format (the
+        """None when the snapshot was written by another engine or in another format (the
         configuration changed, or an older version wrote it): the store fills the engine."""
-        written, configured = snapshot.manifest.get("engine"), self._engine.layout
+        written, configured = snapshot.manifest.get("format"), self._engine.snapshot_format
         try:
             if written != configured:
-                raise ValueError(f"snapshot layout {written}, configured {configured}")
+                raise ValueError(f"snapshot format {written}, configured {configured}")
             return self._engine.restored(snapshot.path)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             log.warning(
@@ -107,7 +107,8 @@ class FeatureIndex:
             seq = self._applied_seq
             if seq == self._checkpointed_seq:
                 return False
-            manifest = {"index": self.name, "count": len(self), "engine": self._engine.layout}
+            engine_format = self._engine.snapshot_format
+            manifest = {"index": self.name, "count": len(self), "format": engine_format}
             write(self._snapshot_dir, seq, self._engine.save, manifest)
             self._checkpointed_seq = seq
         keep_from = self._rebuild_from

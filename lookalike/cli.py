@@ -7,7 +7,6 @@ import asyncio
 import io
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,10 +157,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"Embedded stack up; settings in {stack.data_dir / 'stack.env'}. "
             "Processes that die are restarted; `lookalike status` shows them. Ctrl-C stops it."
         )
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("\nStopping ...")
+        stack.serve_until_interrupted()
     finally:
         stack.stop()
     return 0

@@ -96,10 +96,6 @@ def run_demo(stack: Stack, keep_running: bool) -> None:
                 "  .venv/bin/lookalike search --image FILE\n"
                 f"  .venv/bin/lookalike search --id {settings.bucket}/samples/coffee.jpg"
             )
-            try:
-                while True:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                print("\nStopping ...")
+            stack.serve_until_interrupted()
     finally:
         stack.stop()

@@ -192,6 +192,14 @@ class Stack:
         indexers = list(self.indexers.values())
         await _probe_search(self.settings, timeout, indexers, self.supervisor.running)
 
+    def serve_until_interrupted(self) -> None:
+        """Block while the supervisor keeps the processes up; Ctrl-C returns."""
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("\nStopping ...")
+
     def stop(self) -> None:
         self.supervisor.stop()
         with self._lock:

@@ -6,7 +6,7 @@ partitions), so a client merges answers until they cover every partition. A comm
 `reply_to` is carried out and not answered (the S3 gateway asks for a reconciliation so).
 
 Commands (the `command` field tells them apart):
-- `rebuild`: rebuild one feature's search structure (`lookalike rebuild`);
+- `rebuild`: rebuild one feature's engine (`lookalike rebuild`);
 - `reconcile`: compare every feature index with the bucket and publish image events for
   what differs (`lookalike backfill`, and the indexers' own periodic reconciliation);
 - `status`: index sizes, offsets and lag (`lookalike status`);

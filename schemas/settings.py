@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".lookalike")
     index_path: Path | None = Field(None, description="indexer state; default DATA_DIR/index")
     checkpoint_interval_s: float = Field(30.0, description="how often indexes are snapshotted")
-    vector_index: Literal["exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8"] = Field(
+    vector_engine: Literal["exact", "hnsw", "faiss-hnsw", "faiss-hnsw-sq8"] = Field(
         "faiss-hnsw-sq8",
         description="engine for cosine vectors (CLIP); SQ8 is re-ranked exactly from LMDB",
     )

@@ -222,7 +222,7 @@ def test_saved_data_comes_back_equal_and_keeps_taking_writes(config: str, tmp_pa
     twin.engine.save(tmp_path)
     loaded = twin.engine.restored(tmp_path)
     assert type(loaded) is type(twin.engine)
-    assert loaded.layout == twin.engine.layout
+    assert loaded.snapshot_format == twin.engine.snapshot_format
     assert len(loaded) == len(twin.engine) and loaded.slots == twin.engine.slots
     assert results(loaded, queries) == results(twin.engine, queries)
     for image_id in list(twin.store.vectors)[:20]:
@@ -308,14 +308,14 @@ def test_factory_composes_engines_from_the_configuration() -> None:
     assert isinstance(graph, FaissHnswEngine) and graph.quantised and graph.reduce_to == 64
     # Without the store there is nothing to re-rank or project with.
     bare = EngineFactory().make(Metric.COSINE, 512)
-    assert isinstance(bare, ExactUntilTrained) and bare.layout["reduce_to"] is None
+    assert isinstance(bare, ExactUntilTrained) and bare.snapshot_format["reduce_to"] is None
     flat = EngineFactory("faiss-hnsw", reduce_dim=0).make(Metric.COSINE, 8, exact_vectors=fetch)
     assert isinstance(flat, FaissHnswEngine) and flat.exact_distances
     assert isinstance(EngineFactory("hnsw").make(Metric.COSINE, 8), HnswlibEngine)
     assert isinstance(EngineFactory("exact").make(Metric.COSINE, 8), ExactFloatEngine)
     assert isinstance(EngineFactory().make(Metric.L1, 8), ExactFloatEngine)
     hamming = EngineFactory().make(Metric.HAMMING, 576 * 3, codes_per_item=3)
-    assert hamming.layout == {"engine": "hamming", "code_bytes": 72, "codes_per_item": 3}
+    assert hamming.snapshot_format == {"engine": "hamming", "code_bytes": 72, "codes_per_item": 3}
     with pytest.raises(ValueError):
         EngineFactory("annoy").make(Metric.COSINE, 8)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -329,7 +329,7 @@ def test_factory_composes_engines_from_the_configuration() -> None:
 
 
 def test_the_factory_is_bound_to_the_settings() -> None:
-    settings = Settings(_env_file=None, vector_index="hnsw", vector_reduce_dim=32)
+    settings = Settings(_env_file=None, vector_engine="hnsw", vector_reduce_dim=32)
     factory = EngineFactory.from_settings(settings)
     assert (factory.float_engine, factory.reduce_dim) == ("hnsw", 32)
     assert EngineFactory.from_settings(Settings(_env_file=None)) == EngineFactory()

@@ -88,7 +88,7 @@ def test_saved_rows_come_back_compacted(tmp_path: Path) -> None:
     engine.save(tmp_path)
     loaded = engine.restored(tmp_path)
     assert len(loaded) == loaded.slots == len(items)  # free slots are not saved
-    assert loaded.layout == engine.layout
+    assert loaded.snapshot_format == engine.snapshot_format
     for image_id, blob in items.items():
         assert loaded.vector_of(image_id) == blob
     query = [rng.integers(0, 256, 16, dtype=np.uint8).tobytes()]

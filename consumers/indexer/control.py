@@ -1,7 +1,7 @@
 """Operator commands an indexer carries out (schemas/control.py): rebuild, reconcile, status,
 inventory. Each answer says which partitions it speaks for, so a client merges shards.
 
-Rebuild from the store builds a fresh search structure from the LMDB store of record in a
+Rebuild from the store builds a fresh engine from the LMDB store of record in a
 worker thread while searches keep using the old one, then swaps it in (FeatureIndex.rebuild).
 Rebuilding from the feature topic is what a new replica does on its own: start an indexer
 with an empty index path and it reads the feature topics from the earliest offset.

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from index_store.engines.engine import Hit, Vectors, ranked, rows_of
 from index_store.engines.nearest_pool import NearestPool
-from index_store.engines.slots import SlotMap
+from index_store.engines.slots import SlotEngine, SlotMap
 
 # Distances of rows [lo, hi) to the nearest of a search's query parts; the array may be a
 # scratch buffer that the next call overwrites.
@@ -26,7 +26,7 @@ Scanner = Callable[[int, int], NDArray[Any]]
 ROWS_FILE = "rows.npy"
 
 
-class DenseRowEngine:
+class DenseRowEngine(SlotEngine):
     def __init__(
         self, width: int, dtype: type[np.generic], *, scan_rows: int, capacity: int = 1024
     ) -> None:
@@ -47,7 +47,7 @@ class DenseRowEngine:
         return list(queries)
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         raise NotImplementedError
 
     def empty(self) -> Self:
@@ -59,18 +59,8 @@ class DenseRowEngine:
         return True
 
     @property
-    def slots(self) -> int:
-        return self._slots.size
-
-    @property
     def needs_compaction(self) -> bool:
         return False  # freed slots are reused in place
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._slots
 
     def upsert(self, image_id: str, vector: bytes) -> None:
         self._put(image_id, self._row(vector))
@@ -88,12 +78,8 @@ class DenseRowEngine:
             self._live[slot] = True
         self._rows[slot] = row
 
-    def remove(self, image_id: str) -> bool:
-        slot = self._slots.release(image_id)
-        if slot is None:
-            return False
+    def _vacate(self, slot: int) -> None:
         self._live[slot] = False
-        return True
 
     def vector_of(self, image_id: str) -> bytes | None:
         slot = self._slots.slot_of(image_id)

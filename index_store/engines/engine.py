@@ -73,9 +73,9 @@ class Engine(Protocol):
         ...
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         """What saved data means (engine, dimensions, projection): data saved under another
-        layout cannot serve this engine."""
+        format cannot serve this engine."""
         ...
 
     def empty(self) -> Self:
@@ -89,7 +89,7 @@ class Engine(Protocol):
 
     def restored(self, directory: Path) -> Self:
         """A new engine with this one's configuration and the data saved in `directory` (of
-        the same layout): the configuration says how to search, the snapshot what."""
+        the same format): the configuration says how to search, the snapshot what."""
         ...
 
 

@@ -30,7 +30,7 @@ class ExactFloatEngine(DenseRowEngine):
         super().__init__(dim, np.float32, scan_rows=scan_rows, capacity=capacity)
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         return {"engine": "exact", "dim": self.dim, "metric": self.metric.value}
 
     def empty(self) -> Self:

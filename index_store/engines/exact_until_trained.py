@@ -6,15 +6,16 @@ engine is trained on them, filled with them, and serves from then on.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.engines.engine import Engine, Hit, Vectors
+from index_store.engines.engine import Engine, Vectors
 from index_store.engines.exact_float import ExactFloatEngine
+from index_store.engines.wrapper import EngineWrapper
 from index_store.metric import Metric
 
 STAGE_FILE = "stage.json"
@@ -28,7 +29,9 @@ class Trainable(Engine, Protocol):
     def train(self, sample: NDArray[np.float32]) -> None: ...
 
 
-class ExactUntilTrained:
+class ExactUntilTrained(EngineWrapper):
+    inner: Trainable
+
     def __init__(self, inner: Trainable, train_size: int) -> None:
         """`inner`: untrained; it is trained on the first `train_size` vectors."""
         if not inner.needs_training or len(inner):
@@ -45,28 +48,6 @@ class ExactUntilTrained:
     def serving(self) -> Engine:
         """The engine that answers now: the exact staging engine, then the trained one."""
         return self.inner if self._staging is None else self._staging
-
-    @property
-    def layout(self) -> dict[str, object]:
-        return self.inner.layout
-
-    @property
-    def exact_distances(self) -> bool:
-        return self.serving.exact_distances
-
-    @property
-    def slots(self) -> int:
-        return self.serving.slots
-
-    @property
-    def needs_compaction(self) -> bool:
-        return self.serving.needs_compaction
-
-    def __len__(self) -> int:
-        return len(self.serving)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self.serving
 
     def upsert(self, image_id: str, vector: bytes) -> None:
         if self._staging is None:
@@ -94,21 +75,6 @@ class ExactUntilTrained:
         self._switch(staging)
         if taken < len(image_ids):
             self.inner.upsert_many(image_ids[taken:], raw[taken * size :])
-
-    def remove(self, image_id: str) -> bool:
-        return self.serving.remove(image_id)
-
-    def vector_of(self, image_id: str) -> bytes | None:
-        return self.serving.vector_of(image_id)
-
-    def search(
-        self,
-        queries: Sequence[bytes],
-        k: int,
-        max_distance: float | None = None,
-        exclude: Iterable[str] = (),
-    ) -> list[Hit]:
-        return self.serving.search(queries, k, max_distance, exclude)
 
     def empty(self) -> Self:
         return type(self)(self.inner.empty(), self.train_size)

@@ -1,7 +1,7 @@
 """Which engine each feature gets, bound to the configuration.
 
 - Hamming codes: `HammingEngine` (exact).
-- L1 float vectors (colour histograms), and cosine ones with `vector_index="exact"`:
+- L1 float vectors (colour histograms), and cosine ones with `vector_engine="exact"`:
   `ExactFloatEngine`.
 - cosine, `"hnsw"`: `HnswlibEngine` (float32, so its distances are exact).
 - cosine, `"faiss-hnsw-sq8"` / `"faiss-hnsw"`: `FaissHnswEngine`, SQ8 or float32, over
@@ -41,7 +41,7 @@ COMPACTION = Compaction(fraction=0.25, minimum=1_000)
 
 @dataclass(frozen=True, slots=True)
 class EngineFactory:
-    """`float_engine` and `reduce_dim`: Settings.vector_index and .vector_reduce_dim;
+    """`float_engine` and `reduce_dim`: Settings.vector_engine and .vector_reduce_dim;
     `graph`: None for the engine's default (FAISS_GRAPH, HNSWLIB_GRAPH); `rerank_depth`:
     candidates per result re-ranked from the store; `train_size`: vectors a quantiser and a
     projection are fitted on (served exactly until then)."""
@@ -55,7 +55,7 @@ class EngineFactory:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        return cls(float_engine=settings.vector_index, reduce_dim=settings.vector_reduce_dim)
+        return cls(float_engine=settings.vector_engine, reduce_dim=settings.vector_reduce_dim)
 
     def make(
         self,

@@ -21,8 +21,8 @@ exact from the store. How the defaults were chosen: BENCHMARKS.md ("Index scale"
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -32,14 +32,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from index_store.engines.engine import (
-    Hit,
-    Vectors,
-    float_matrix,
-    float_rows,
-    require_distinct,
-)
-from index_store.engines.graph import Candidates, GraphSettings, graph_search
+from index_store.engines.graph import Candidates, GraphEngine, GraphSettings
 from index_store.engines.slots import SlotMap
 
 log = structlog.get_logger(__name__)
@@ -56,7 +49,7 @@ class Compaction:
     minimum: int
 
 
-class FaissHnswEngine:
+class FaissHnswEngine(GraphEngine):
     def __init__(
         self,
         dim: int,
@@ -79,7 +72,7 @@ class FaissHnswEngine:
         self._index = self._new_index()
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         name = "faiss-hnsw-sq8" if self.quantised else "faiss-hnsw"
         return {"engine": name, "dim": self.dim, "reduce_to": self.reduce_to}
 
@@ -92,11 +85,6 @@ class FaissHnswEngine:
         return not self._index.is_trained
 
     @property
-    def slots(self) -> int:
-        """Graph nodes, live or tombstones."""
-        return self._slots.size
-
-    @property
     def tombstones(self) -> int:
         return self._slots.dead
 
@@ -104,12 +92,6 @@ class FaissHnswEngine:
     def needs_compaction(self) -> bool:
         policy = self.compaction
         return self._slots.dead > max(policy.minimum, policy.fraction * len(self))
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._slots
 
     def train(self, sample: NDArray[np.float32]) -> None:
         """Fit the projection and the quantiser on `sample` (rows are vectors)."""
@@ -126,45 +108,6 @@ class FaissHnswEngine:
             )
             if kept < 0.9:  # the graph misses neighbours; re-ranking cannot find them
                 log.warning("index.projection_loses_variance", variance_kept=kept)
-
-    def upsert(self, image_id: str, vector: bytes) -> None:
-        values = float_matrix([vector], self.dim)
-        self._bury(image_id)
-        with _one_omp_thread():  # forking OpenMP threads for one vector costs more than it saves
-            self._append([image_id], values)
-
-    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
-        """Graph insertion on faiss's OpenMP threads."""
-        require_distinct(image_ids)
-        values = float_rows(vectors, len(image_ids), self.dim)
-        if not image_ids:
-            return
-        for image_id in image_ids:
-            self._bury(image_id)
-        self._append(image_ids, values)
-
-    def remove(self, image_id: str) -> bool:
-        return self._bury(image_id)
-
-    def vector_of(self, image_id: str) -> bytes | None:
-        """What the graph holds: within half a quantisation step of the original, and
-        projected back (losing what the projection dropped)."""
-        slot = self._slots.slot_of(image_id)
-        if slot is None:
-            return None
-        values: NDArray[np.float32] = self._index.reconstruct(slot)
-        return values.astype(np.float32).tobytes()
-
-    def search(
-        self,
-        queries: Sequence[bytes],
-        k: int,
-        max_distance: float | None = None,
-        exclude: Iterable[str] = (),
-    ) -> list[Hit]:
-        return graph_search(
-            self._slots, self.dim, self._candidates, queries, k, max_distance, exclude
-        )
 
     def empty(self) -> Self:
         engine = type(self)(
@@ -214,21 +157,27 @@ class FaissHnswEngine:
             graph = faiss.downcast_index(graph.index)
         return graph.hnsw
 
-    def _append(self, image_ids: Sequence[str], values: NDArray[np.float32]) -> None:
+    def _insert(self, image_ids: Sequence[str], values: NDArray[np.float32], bulk: bool) -> None:
+        """A replaced image's old node becomes a tombstone; new nodes go at the end."""
         if self.needs_training:
             raise ValueError("the graph is not trained yet: train() it first")
+        for image_id in image_ids:
+            self.remove(image_id)
         first = self._slots.size
-        self._index.add(values)
+        with nullcontext() if bulk else _one_omp_thread():  # OpenMP for one vector costs more
+            self._index.add(values)
         for image_id in image_ids:
             self._slots.add(image_id)
         self._live.set(np.arange(first, self._slots.size, dtype=np.int64))
 
-    def _bury(self, image_id: str) -> bool:
-        slot = self._slots.release(image_id)
-        if slot is None:
-            return False
+    def _vacate(self, slot: int) -> None:
         self._live.clear(slot)
-        return True
+
+    def _stored(self, slot: int) -> NDArray[np.float32]:
+        """Within half a quantisation step of the original, and projected back (losing what
+        the projection dropped)."""
+        values: NDArray[np.float32] = self._index.reconstruct(slot)
+        return values
 
     def _candidates(self, queries: NDArray[np.float32], count: int) -> Candidates:
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """What the two HNSW graph engines (hnswlib_graph.py, faiss_graph.py) share: their settings,
-and turning a graph's candidate slots into ranked hits."""
+how vectors reach the graph, and turning a graph's candidate slots into ranked hits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.engines.engine import Hit, float_matrix, ranked
-from index_store.engines.slots import SlotMap
+from index_store.engines.engine import (
+    Hit,
+    Vectors,
+    float_matrix,
+    float_rows,
+    ranked,
+    require_distinct,
+)
+from index_store.engines.slots import SlotEngine, SlotMap
 
 # (slots, distances) of candidates for any of a search's queries; duplicates allowed, -1: none.
 Candidates = tuple[NDArray[np.int64], NDArray[np.float32]]
@@ -53,3 +60,45 @@ def graph_search(
         if dist < best.get(image_id, np.inf):
             best[image_id] = dist
     return ranked(best.items(), k, max_distance)
+
+
+class GraphEngine(SlotEngine):
+    """A graph over float32 vectors of `dim`: a subclass inserts (`_insert`), reads a slot's
+    vector back (`_stored`) and finds candidates (`_candidates`); this class does the rest."""
+
+    dim: int
+
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        self._insert([image_id], float_matrix([vector], self.dim), bulk=False)
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
+        """Graph insertion on the engine's threads."""
+        require_distinct(image_ids)
+        values = float_rows(vectors, len(image_ids), self.dim)
+        if image_ids:
+            self._insert(image_ids, values, bulk=True)
+
+    def vector_of(self, image_id: str) -> bytes | None:
+        slot = self._slots.slot_of(image_id)
+        return None if slot is None else self._stored(slot).astype(np.float32).tobytes()
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        return graph_search(
+            self._slots, self.dim, self._candidates, queries, k, max_distance, exclude
+        )
+
+    def _insert(self, image_ids: Sequence[str], values: NDArray[np.float32], bulk: bool) -> None:
+        """Insert or replace the vectors of distinct `image_ids`; `bulk`: on many threads."""
+        raise NotImplementedError
+
+    def _stored(self, slot: int) -> NDArray[np.float32]:
+        raise NotImplementedError
+
+    def _candidates(self, queries: NDArray[np.float32], count: int) -> Candidates:
+        raise NotImplementedError

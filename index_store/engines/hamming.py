@@ -42,7 +42,7 @@ class HammingEngine(DenseRowEngine):
         super().__init__(words * codes_per_item, np.uint64, scan_rows=rows, capacity=capacity)
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         return {
             "engine": "hamming",
             "code_bytes": self.code_bytes,

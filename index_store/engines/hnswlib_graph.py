@@ -9,7 +9,7 @@ BENCHMARKS.md ("Index scale").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -17,21 +17,14 @@ import hnswlib
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.engines.engine import (
-    Hit,
-    Vectors,
-    float_matrix,
-    float_rows,
-    require_distinct,
-)
-from index_store.engines.graph import Candidates, GraphSettings, graph_search
+from index_store.engines.graph import Candidates, GraphEngine, GraphSettings
 from index_store.engines.slots import SlotMap
 
 GRAPH_FILE = "hnswlib.bin"
 SEED = 100
 
 
-class HnswlibEngine:
+class HnswlibEngine(GraphEngine):
     def __init__(self, dim: int, graph: GraphSettings, *, add_threads: int = 2) -> None:
         """`add_threads`: threads of a bulk insert."""
         self.dim = dim
@@ -54,7 +47,7 @@ class HnswlibEngine:
         self._graph.set_ef(ef)
 
     @property
-    def layout(self) -> dict[str, object]:
+    def snapshot_format(self) -> dict[str, object]:
         return {"engine": "hnsw", "dim": self.dim}
 
     @property
@@ -62,58 +55,20 @@ class HnswlibEngine:
         return True
 
     @property
-    def slots(self) -> int:
-        """Graph nodes, live or reusable: stays at the peak live count under churn."""
-        return self._slots.size
-
-    @property
     def needs_compaction(self) -> bool:
         return False  # removed slots are reused in place
 
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._slots
-
-    def upsert(self, image_id: str, vector: bytes) -> None:
-        values = float_matrix([vector], self.dim)
+    def _insert(self, image_ids: Sequence[str], values: NDArray[np.float32], bulk: bool) -> None:
         # A live slot is updated in place; a reused (deleted) one is unmarked and updated.
-        self._graph.add_items(values, np.array([self._slot(image_id)]), num_threads=1)
-
-    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
-        """Graph insertion on `add_threads` threads."""
-        require_distinct(image_ids)
-        values = float_rows(vectors, len(image_ids), self.dim)
-        if not image_ids:
-            return
         slots = np.array([self._slot(image_id) for image_id in image_ids], dtype=np.int64)
-        self._graph.add_items(values, slots, num_threads=self.add_threads)
+        self._graph.add_items(values, slots, num_threads=self.add_threads if bulk else 1)
 
-    def remove(self, image_id: str) -> bool:
-        slot = self._slots.release(image_id)
-        if slot is None:
-            return False
+    def _vacate(self, slot: int) -> None:
         self._graph.mark_deleted(slot)
-        return True
 
-    def vector_of(self, image_id: str) -> bytes | None:
-        slot = self._slots.slot_of(image_id)
-        if slot is None:
-            return None
+    def _stored(self, slot: int) -> NDArray[np.float32]:
         values: NDArray[np.float32] = self._graph.get_items([slot], return_type="numpy")[0]
-        return values.astype(np.float32).tobytes()
-
-    def search(
-        self,
-        queries: Sequence[bytes],
-        k: int,
-        max_distance: float | None = None,
-        exclude: Iterable[str] = (),
-    ) -> list[Hit]:
-        return graph_search(
-            self._slots, self.dim, self._candidates, queries, k, max_distance, exclude
-        )
+        return values
 
     def empty(self) -> Self:
         return type(self)(self.dim, self.graph, add_threads=self.add_threads)

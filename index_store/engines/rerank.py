@@ -12,10 +12,11 @@ from typing import Self
 
 import numpy as np
 
-from index_store.engines.engine import Engine, FetchVectors, Hit, Vectors, float_matrix, ranked
+from index_store.engines.engine import Engine, FetchVectors, Hit, float_matrix, ranked
+from index_store.engines.wrapper import EngineWrapper
 
 
-class ExactRerank:
+class ExactRerank(EngineWrapper):
     def __init__(self, inner: Engine, exact_vectors: FetchVectors, dim: int, depth: int) -> None:
         """`exact_vectors`: float32 bytes by id from the store of record (None where absent)."""
         self.inner = inner
@@ -24,35 +25,8 @@ class ExactRerank:
         self.depth = depth
 
     @property
-    def layout(self) -> dict[str, object]:
-        return self.inner.layout
-
-    @property
     def exact_distances(self) -> bool:
         return True
-
-    @property
-    def slots(self) -> int:
-        return self.inner.slots
-
-    @property
-    def needs_compaction(self) -> bool:
-        return self.inner.needs_compaction
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self.inner
-
-    def upsert(self, image_id: str, vector: bytes) -> None:
-        self.inner.upsert(image_id, vector)
-
-    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
-        self.inner.upsert_many(image_ids, vectors)
-
-    def remove(self, image_id: str) -> bool:
-        return self.inner.remove(image_id)
 
     def vector_of(self, image_id: str) -> bytes | None:
         """The exact vector from the store, or what the engine holds if the store has none."""
@@ -91,9 +65,6 @@ class ExactRerank:
 
     def empty(self) -> Self:
         return type(self)(self.inner.empty(), self.exact_vectors, self.dim, self.depth)
-
-    def save(self, directory: Path) -> None:
-        self.inner.save(directory)
 
     def restored(self, directory: Path) -> Self:
         return type(self)(self.inner.restored(directory), self.exact_vectors, self.dim, self.depth)

@@ -3,6 +3,7 @@
 A removed image's slot is either handed to the next new image (`reuse=True`: exact scans,
 hnswlib) or stays dead (`reuse=False`: faiss HNSW cannot delete, a dead slot is a tombstone
 until the engine is rebuilt). New slots are numbered on from the highest one handed out.
+`SlotEngine` is what every engine that keeps such a map answers from it.
 """
 
 from __future__ import annotations
@@ -94,3 +95,33 @@ class SlotMap:
         if reuse:
             slots._free = [slot for slot, i in enumerate(ids) if i is None]
         return slots
+
+
+class SlotEngine:
+    """The part of an engine that its slot map answers: size, membership, removal.
+
+    A subclass sets `_slots` and says what a removed slot means for its rows (`_vacate`)."""
+
+    _slots: SlotMap
+
+    @property
+    def slots(self) -> int:
+        """Slots held, live or dead: what memory grows with."""
+        return self._slots.size
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._slots
+
+    def remove(self, image_id: str) -> bool:
+        slot = self._slots.release(image_id)
+        if slot is None:
+            return False
+        self._vacate(slot)
+        return True
+
+    def _vacate(self, slot: int) -> None:
+        """Searches must no longer return `slot` (it is free or dead now)."""
+        raise NotImplementedError
