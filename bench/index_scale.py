@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,12 @@ from schemas.settings import Settings
 
 DIM = 512
 LATENT = 48
+DECAY = 0.3
+GENERATE_BATCH = 100_000
 K = 10
 INDEX_NAME = "clip"
 ENGINES = (
+    "default",
     "exact",
     "hnsw",
     "faiss-hnsw",
@@ -74,9 +77,10 @@ ENGINES = (
     "faiss-hnsw-sq8+rerank",
     "faiss-hnsw-sq8+pca+rerank",
 )
-# '+pca': the graph holds PCA projections of the product's default size
-# (LOOKALIKE_VECTOR_REDUCE_DIM)
-PCA_DIM: int = Settings.model_fields["vector_reduce_dim"].default
+# 'default': what the product builds with its default settings, searched with the effort it
+# chooses itself (index_store/recall.py); '+pca': the graph holds 64-d PCA projections (the
+# product's default before it chose the size from the data).
+PCA_DIM = 64
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
@@ -183,15 +187,17 @@ class DataSet:
                 yield first, chunk
 
 
-def generator(seed: int, decay: float, noise: float) -> Callable[[int, int], NDArray[np.float32]]:
+def generator(
+    seed: int, latent_dims: int, decay: float, noise: float
+) -> Callable[[int, int], NDArray[np.float32]]:
     rng = np.random.default_rng(seed)
-    projection = (rng.standard_normal((LATENT, DIM)) / np.sqrt(LATENT)).astype(np.float32)
-    scale = np.arange(1, LATENT + 1, dtype=np.float64) ** -decay
-    scale = (scale * np.sqrt(LATENT / np.sum(scale**2))).astype(np.float32)
+    projection = (rng.standard_normal((latent_dims, DIM)) / np.sqrt(latent_dims)).astype(np.float32)
+    scale = np.arange(1, latent_dims + 1, dtype=np.float64) ** -decay
+    scale = (scale * np.sqrt(latent_dims / np.sum(scale**2))).astype(np.float32)
 
     def make(stream: int, rows: int) -> NDArray[np.float32]:
         r = np.random.default_rng([seed, stream])
-        latent = r.standard_normal((rows, LATENT), dtype=np.float32) * scale
+        latent = r.standard_normal((rows, latent_dims), dtype=np.float32) * scale
         x: NDArray[np.float32] = latent @ projection
         x += noise * r.standard_normal((rows, DIM), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -200,17 +206,41 @@ def generator(seed: int, decay: float, noise: float) -> Callable[[int, int], NDA
     return make
 
 
-def prepare_data(root: Path, n: int, queries: int, seed: int, decay: float, noise: float) -> None:
+def data_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What a data set is made of (its folder is reused while this stays the same)."""
+    meta: dict[str, Any] = {"n": args.n, "queries": args.queries, "seed": args.seed, "dim": DIM}
+    if args.data_set == "synthetic":
+        meta.update(latent=args.latent, decay=args.decay, noise=args.noise)
+    else:
+        meta.update(source=args.data_set)
+    return meta
+
+
+def describe(meta: dict[str, Any]) -> str:
+    if "source" in meta:
+        return f"{meta['source']} embeddings of generated pictures (bench/embedding_sets.py)"
+    return f"synthetic: latent {meta['latent']} dims, decay {meta['decay']}, noise {meta['noise']}"
+
+
+def data_dir(work: Path, meta: dict[str, Any]) -> Path:
+    if "source" in meta:
+        return work / f"data-{meta['source']}-{meta['n']}-{meta['seed']}"
+    suffix = "" if meta["latent"] == LATENT else f"-latent{meta['latent']}"
+    suffix += "" if meta["decay"] == DECAY else f"-decay{meta['decay']}"
+    return work / f"data-{meta['n']}-{meta['seed']}{suffix}"
+
+
+def prepare_data(root: Path, meta: dict[str, Any]) -> None:
     import faiss
 
-    meta = {"n": n, "queries": queries, "seed": seed, "decay": decay, "noise": noise, "dim": DIM}
     if (root / "meta.json").exists() and json.loads((root / "meta.json").read_text()) == meta:
         print(f"data set: reusing {root}", file=sys.stderr)
         return
     root.mkdir(parents=True, exist_ok=True)
-    make = generator(seed, decay, noise)
+    n, queries = meta["n"], meta["queries"]
+    make = vector_source(meta)
     q = make(0, queries)
-    batch = 100_000
+    batch = GENERATE_BATCH
     best_sim = np.full((queries, K), -np.inf, dtype=np.float32)
     best_ids = np.full((queries, K), -1, dtype=np.int64)
     progress = Progress("generate + ground truth", n)
@@ -232,6 +262,27 @@ def prepare_data(root: Path, n: int, queries: int, seed: int, decay: float, nois
     np.save(root / "queries.npy", q)
     np.save(root / "truth.npy", best_ids)
     (root / "meta.json").write_text(json.dumps(meta))
+
+
+def vector_source(meta: dict[str, Any]) -> Callable[[int, int], NDArray[np.float32]]:
+    """`make(stream, rows)`: stream 0 the queries, streams 1.. the base vectors in order."""
+    if "source" not in meta:
+        return generator(meta["seed"], meta["latent"], meta["decay"], meta["noise"])
+    from bench.embedding_sets import embed_set
+
+    n, queries = meta["n"], meta["queries"]
+    vectors = embed_set(meta["source"], n + queries, meta["seed"])
+    base = vectors[:n]
+    given = {0: vectors[n:]}  # held out: the last pictures made are the queries
+    for stream, first in enumerate(range(0, n, GENERATE_BATCH), start=1):
+        given[stream] = base[first : first + GENERATE_BATCH]
+
+    def make(stream: int, rows: int) -> NDArray[np.float32]:
+        out = given[stream]
+        assert len(out) == rows
+        return out
+
+    return make
 
 
 def prepare_lmdb(data: DataSet, path: Path) -> None:
@@ -263,13 +314,23 @@ def prepare_lmdb(data: DataSet, path: Path) -> None:
 # -- ANN engines (worker side) --
 
 
-def open_fetch(engine: str, work: Path) -> Callable[[Sequence[str]], list[bytes | None]] | None:
-    if not engine.endswith("+rerank"):
-        return None
+def reranks(engine: str) -> bool:
+    """Whether the engine reads exact vectors from the store of record."""
+    return engine.endswith("+rerank") or engine == "default"
+
+
+@cache
+def open_store(work: Path) -> Any:
+    """The store of record, opened once per process (LMDB allows one handle per process)."""
     from index_store.lmdb_store import FeatureStore
 
-    store = FeatureStore(work / "lmdb", readonly=True)
-    return partial(store.vectors_of, INDEX_NAME)
+    return FeatureStore(work / "lmdb", readonly=True)
+
+
+def open_fetch(engine: str, work: Path) -> Callable[[Sequence[str]], list[bytes | None]] | None:
+    if not reranks(engine):
+        return None
+    return partial(open_store(work).vectors_of, INDEX_NAME)
 
 
 def new_engine(
@@ -289,6 +350,14 @@ def new_engine(
     )
     from index_store.metric import Metric
 
+    if engine == "default":
+        product = EngineFactory.from_settings(Settings(_env_file=None))
+        product = replace(
+            product,
+            train_size=args.train_size or product.train_size,
+            hold_out_every=args.hold_out_every or product.hold_out_every,
+        )
+        return product.make(Metric.COSINE, DIM, exact_vectors=fetch)
     kind = engine.removesuffix("+rerank")
     reduce_dim = PCA_DIM if kind.endswith("+pca") else 0
     name = next(n for n in FLOAT_ENGINES if n == kind.split("+")[0])
@@ -296,16 +365,43 @@ def new_engine(
     graph = replace(
         graph, m=args.m or graph.m, ef_construction=args.ef_construction or graph.ef_construction
     )
-    factory = EngineFactory(name, reduce_dim, graph)
+    factory = EngineFactory(name, reduce_dim, graph=graph, hold_out_every=0)
+    if args.train_size:
+        factory = replace(factory, train_size=args.train_size)
     return factory.make(Metric.COSINE, DIM, exact_vectors=fetch)
 
 
-def set_ef(engine: Any, ef: int) -> None:
-    """Set the search beam of the graph inside the factory's wrappers (if any)."""
-    while not hasattr(engine, "ef_search") and hasattr(engine, "inner"):
-        engine = engine.inner
-    if hasattr(engine, "ef_search"):
-        engine.ef_search = ef
+def set_effort(engine: Any, ef: int, depth: int = 0) -> None:
+    """Search with beam `ef` (and re-rank depth `depth`, 0: the engine's)."""
+    from index_store.engines.engine import Effort
+
+    current = engine.effort
+    if current is not None:
+        engine.effort = Effort(ef, depth or current.depth)
+
+
+def product_effort(index: Any, work: Path) -> Result:
+    """The effort the indexer would choose (RecallKeeper, probing the store of record)."""
+    from index_store.feature_index import FeatureIndex
+    from index_store.recall import RecallKeeper
+
+    store = open_store(work)
+    t0 = time.perf_counter()
+    filled = FeatureIndex(store, INDEX_NAME, index)  # the engine as the indexer holds it
+    report = RecallKeeper(filled, store, target=Settings().recall_target).check()
+    assert report is not None
+    chosen: Result = {
+        "ef": report.effort.ef,
+        "depth": report.effort.depth,
+        "probe_recall": report.recall,
+        "tune_s": time.perf_counter() - t0,
+    }
+    graph = index
+    while hasattr(graph, "inner"):
+        graph = graph.inner
+    chosen["projected_to"] = getattr(graph, "projected_to", None)
+    print(f"  [default] chose {chosen}", file=sys.stderr, flush=True)
+    return chosen
 
 
 def run_queries(index: Any, queries: NDArray[np.float32]) -> tuple[list[float], list[list[str]]]:
@@ -323,14 +419,15 @@ def run_queries(index: Any, queries: NDArray[np.float32]) -> tuple[list[float], 
 def tune(
     index: Any, engine: str, queries: NDArray[np.float32], truth: NDArray[np.int64], target: float
 ) -> Result:
-    """Raise ef until recall@10 >= target; latencies from a second pass at that ef."""
+    """Raise ef until recall@10 >= target; latencies from a second pass at that ef. The
+    'default' engine searches with the effort the product chose instead (product_effort)."""
     ladder: list[dict[str, float]] = []
-    if engine == "exact":
+    if engine in ("exact", "default"):
         chosen: int | None = None
     else:
         chosen = EF_LADDER[-1]
         for ef in EF_LADDER:
-            set_ef(index, ef)
+            set_effort(index, ef)
             lat, found = run_queries(index, queries)
             r = recall_at_k(found, truth)
             ladder.append({"ef": ef, "recall": r, "p50_ms": pct(lat, 50) * 1e3})
@@ -338,7 +435,7 @@ def tune(
             if r >= target:
                 chosen = ef
                 break
-        set_ef(index, chosen)
+        set_effort(index, chosen)
     lat, found = run_queries(index, queries)
     return {
         "ef": chosen,
@@ -388,7 +485,10 @@ def worker_build(args: argparse.Namespace) -> Result:
         "peak_mb": (peak_rss() - max(base_peak, base_rss)) / MB,
     }
     faiss.omp_set_num_threads(1)
-    result.update(tune(index, engine, queries, truth, args.target_recall))
+    if engine == "default":
+        result.update(product_effort(index, work))
+    tuned = tune(index, engine, queries, truth, args.target_recall)
+    result.update({k: v for k, v in tuned.items() if v is not None or k not in result})
     served_rss, served_anon = settled_rss()
     result["served_rss_mb"] = (served_rss - base_rss) / MB
     result["served_anon_mb"] = (served_anon - base_anon) / MB
@@ -418,7 +518,7 @@ def worker_load(args: argparse.Namespace) -> Result:
         assert snapshot is not None and snapshot.manifest["format"] == configured.snapshot_format
         index = configured.restored(snapshot.path)
         if args.ef:  # a snapshot brings data, not the beam: search at the build run's
-            set_ef(index, args.ef)
+            set_effort(index, args.ef, args.depth)
         index.search([q0], K)
         return index
 
@@ -462,7 +562,7 @@ def worker_rebuild(args: argparse.Namespace) -> Result:
     seconds = time.perf_counter() - t0
     faiss.omp_set_num_threads(1)
     if args.ef:  # the beam width the build run tuned
-        set_ef(index.engine, args.ef)
+        set_effort(index.engine, args.ef, args.depth)
     found = [[n.image_id for n in index.search([q.tobytes()], K)] for q in data.queries()[:200]]
     return {
         "rebuild_s": seconds,
@@ -714,6 +814,14 @@ def fmt(value: Any, spec: str = ",.0f") -> str:
     return format(value, spec) if isinstance(value, int | float) else str(value)
 
 
+def effort_note(r: Result) -> str:
+    """ef, with the re-rank depth and projection where the product chose them."""
+    note = fmt(r["ef"], "d")
+    if r.get("depth"):
+        note += f" (depth {r['depth']}, graph {r.get('projected_to') or DIM}-d)"
+    return note
+
+
 def print_ann_tables(rows: list[Result]) -> None:
     print("\n### Build and query (k=10, queries single-thread, one at a time)\n")
     print(
@@ -727,7 +835,7 @@ def print_ann_tables(rows: list[Result]) -> None:
             continue
         print(
             f"| {r['engine']} | {r['n']:,} | {fmt(r['bulk_rate'])} | {fmt(r.get('single_rate'))} "
-            f"| {fmt(r['ef'], 'd')} | {r['recall']:.4f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
+            f"| {effort_note(r)} | {r['recall']:.4f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} "
             f"| {r['rss_mb']:,.0f} ({r['anon_mb']:,.0f}) "
             f"| {r['served_rss_mb']:,.0f} ({r['served_anon_mb']:,.0f}) | {r['peak_mb']:,.0f} |"
         )
@@ -855,6 +963,7 @@ def main() -> None:
         "--chroma-from", help="reuse the ChromaDB results of an earlier --json run (same data)"
     )
     parser.add_argument("--ef", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--depth", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--m", type=int, default=0, help="graph degree M (0: engine default)")
     parser.add_argument(
         "--ef-construction", type=int, default=0, help="graph build beam (0: engine default)"
@@ -864,7 +973,24 @@ def main() -> None:
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--batch", type=int, default=5000, help="bulk insert batch")
     parser.add_argument("--single-upserts", type=int, default=2000)
-    parser.add_argument("--decay", type=float, default=0.3, help="latent spectrum decay")
+    parser.add_argument(
+        "--data-set",
+        default="synthetic",
+        choices=("synthetic", "clip", "cnn"),
+        help="synthetic vectors, or real embeddings of generated pictures (--n of them)",
+    )
+    parser.add_argument("--latent", type=int, default=LATENT, help="synthetic: latent dims")
+    parser.add_argument(
+        "--train-size", type=int, default=0, help="vectors graphs are fitted on (0: product's)"
+    )
+    parser.add_argument(
+        "--hold-out-every",
+        type=int,
+        default=0,
+        help="'default': one image in N held out of the graph to measure recall (0: product's)",
+    )
+    parser.add_argument("--decay", type=float, default=DECAY, help="latent spectrum decay")
+    parser.add_argument("--flat", action="store_true", help="a flat latent spectrum (decay 0)")
     parser.add_argument("--noise", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", default="", help="kept (and reused) when given")
@@ -904,37 +1030,40 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="index-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     args.work = str(work)
-    args.data = str(work / f"data-{args.n}-{args.seed}")
+    if args.flat:
+        args.decay = 0.0
+    meta = data_meta(args)
+    args.data = str(data_dir(work, meta))
     print(f"## Index scale ({environment()})", flush=True)
     print(f"\n`{' '.join(['python -m bench.index_scale', *sys.argv[1:]])}`", flush=True)
     results: dict[str, Any] = {"args": {k: v for k, v in vars(args).items()}}
     started = time.perf_counter()
     try:
         if parts & {"ann", "chroma"}:
-            prepare_data(Path(args.data), args.n, args.queries, args.seed, args.decay, args.noise)
+            prepare_data(Path(args.data), meta)
             print(
                 f"\nData: {args.n:,} x {DIM} float32 ({args.n * DIM * 4 / MB:,.0f} MB), "
-                f"{args.queries:,} queries; latent {LATENT} dims, decay {args.decay}, "
-                f"noise {args.noise}, seed {args.seed}.",
+                f"{args.queries:,} held-out queries; {describe(meta)}; seed {args.seed}.",
                 flush=True,
             )
         rows: list[Result] = []
         if "ann" in parts:
             data = DataSet(Path(args.data))
-            if any(e.endswith("+rerank") for e in engines):
+            if any(reranks(e) for e in engines):
                 prepare_lmdb(data, work / "lmdb")
             for engine in engines:
                 print(f"\n# engine {engine}", file=sys.stderr, flush=True)
                 row = run_worker(args, "build", ["--engine", engine])
                 row.setdefault("engine", engine)
                 tuned = ["--ef", str(row["ef"])] if row.get("ef") else []
+                tuned += ["--depth", str(row["depth"])] if row.get("depth") else []
                 if "checkpoint" in row:
                     row["load"] = run_worker(
                         args,
                         "load",
                         ["--engine", engine, "--checkpoint", row["checkpoint"], *tuned],
                     )
-                if engine.endswith("+rerank") and args.rebuild:
+                if reranks(engine) and args.rebuild:
                     row["rebuild"] = run_worker(args, "rebuild", ["--engine", engine, *tuned])
                 rows.append(row)
             results["ann"] = rows

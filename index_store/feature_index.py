@@ -16,6 +16,7 @@ is ignored and the engine is filled from the store instead.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import structlog
 
-from index_store.engines.engine import Engine
+from index_store.engines.engine import Effort, Engine, Hit
+from index_store.engines.held_out import HoldOut
 from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
 from index_store.snapshots import Snapshot, latest, write
 
@@ -180,6 +182,40 @@ class FeatureIndex:
         log.info("index.compacting", index=self.name, images=len(self))
         self.rebuild(self._store.vectors(self.name))
         return True
+
+    @property
+    def effort(self) -> Effort | None:
+        """How hard the engine searches (recall.py chooses it); None when it is exact."""
+        with self._lock:
+            return self._engine.effort
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        with self._lock:
+            self._engine.effort = effort
+
+    def engine_identity(self) -> object:
+        """Changes when the engine serving is another one, or starts approximating (trained)."""
+        with self._lock:
+            return (id(self._engine), self._engine.effort is None)
+
+    def held_out_sample(self, n: int, rng: random.Random) -> list[tuple[str, bytes]]:
+        """Up to `n` images the engine holds out of its graph (engines/held_out.py)."""
+        with self._lock:
+            engine = self._engine
+            return engine.sample(n, rng) if isinstance(engine, HoldOut) else []
+
+    def is_held_out(self, image_id: str) -> bool:
+        engine = self._engine
+        return isinstance(engine, HoldOut) and engine.is_held_out(image_id)
+
+    def graph_nearest(self, vector: bytes, k: int) -> list[Hit]:
+        """The graph's own k nearest (without the held-out images): what recall measures."""
+        with self._lock:
+            engine = self._engine
+            if isinstance(engine, HoldOut):
+                return engine.graph_search(vector, k)
+            return engine.search([vector], k)
 
     def vector_of(self, image_id: str) -> bytes | None:
         with self._lock:

@@ -18,6 +18,7 @@ effect. Applying the same batch twice changes nothing, which makes at-least-once
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -217,9 +218,18 @@ class FeatureStore:
             for k, v in txn.cursor():
                 yield k.decode(), ImageRecord.model_validate_json(v)
 
+    def sample_ids(self, index: str, n: int, rng: random.Random) -> list[str]:
+        """Up to `n` ids of the index drawn at random (one pass over its keys)."""
+        total = self.count(index)
+        wanted = set(rng.sample(range(total), min(n, total)))
+        with self._env.begin(db=self._db(f"vec:{index}"), buffers=True) as txn:
+            keys = txn.cursor().iternext(keys=True, values=False)
+            return [bytes(k).decode() for i, k in enumerate(keys) if i in wanted]
+
     def count(self, index: str) -> int:
+        db = self._db(f"vec:{index}")  # opened before the transaction that reads it
         with self._env.begin() as txn:
-            return int(txn.stat(self._db(f"vec:{index}"))["entries"])
+            return int(txn.stat(db)["entries"])
 
 
 def _last_per_image(changes: Sequence[Change]) -> list[Change]:

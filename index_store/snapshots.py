@@ -66,7 +66,9 @@ def write(
 
 def _fsync_all(directory: Path) -> None:
     for path in directory.iterdir():
-        if path.is_file():
+        if path.is_dir():
+            _fsync_all(path)
+        elif path.is_file():
             _fsync_file(path)
     _fsync_dir(directory)
 

@@ -121,7 +121,11 @@ def _indexers(statuses: list[IndexerStatus], names: dict[int, str], cluster: str
     for s in sorted(statuses, key=lambda s: (s.partitions, s.indexer)):
         pid = s.indexer.rpartition(":")[2]
         who = names.get(int(pid), s.indexer) if pid.isdigit() else s.indexer
-        images = "  ".join(f"{feature} {count:,}" for feature, count in sorted(s.images.items()))
+        images = "  ".join(
+            f"{feature} {count:,}"
+            + (f" (recall {s.recall[feature]:.2f})" if feature in s.recall else "")
+            for feature, count in sorted(s.images.items())
+        )
         same_log = not s.cluster_id or s.cluster_id == cluster
         log_note = "[green]current[/]" if same_log else f"[yellow]{s.cluster_id[:8]}… (old)[/]"
         out.add_row(

@@ -120,6 +120,11 @@ class IndexerStatus(ControlReport):
     records_read: int = 0
     dead_letters: int = 0
     last_reconcile: ReconcileReport | None = None
+    recall: dict[str, float] = Field(
+        default_factory=dict,
+        description="feature -> recall@10 measured on recent sample queries (approximate "
+        "engines only: exact ones are always 1)",
+    )
 
 
 class InventoryReport(ControlReport):

@@ -26,15 +26,18 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a request (query image) or reply (invento
 MAX_FETCH_BYTES = 2 * MAX_MESSAGE_BYTES  # per partition and fetch: always room for one message
 
 
-def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+def producer_options() -> dict[str, Any]:
+    """What every producer is configured with, aiokafka's and FastStream's alike."""
+    return {
         "acks": "all",
         "linger_ms": 0,
         "max_request_size": MAX_MESSAGE_BYTES,
         "partitioner": minio_partitioner,
     }
-    options.update(overrides)
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    options = {"bootstrap_servers": settings.kafka_bootstrap, **producer_options(), **overrides}
     return AIOKafkaProducer(**options)
 
 

@@ -121,11 +121,33 @@ class Settings(BaseSettings):
         "faiss-hnsw-sq8",
         description="engine for cosine vectors (CLIP); SQ8 is re-ranked exactly from LMDB",
     )
-    vector_reduce_dim: int = Field(
-        64,
-        ge=0,
+    vector_reduce_dim: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
         description="faiss engines: the graph holds PCA projections of this many dimensions "
-        "(0 = full); candidates are re-ranked with the exact vectors",
+        "(0 = full; 'auto' = the fewest keeping vector_keep_variance of the variance of the "
+        "vectors it is trained on, or full when that is most of them); candidates are "
+        "re-ranked with the exact vectors",
+    )
+    recall_target: float = Field(
+        0.95, gt=0, le=1, description="recall@10 each approximate index keeps (measured)"
+    )
+    recall_hold_out_every: int = Field(
+        200,
+        ge=0,
+        description="one image in this many is kept out of each graph engine (served by an "
+        "exact scan beside it) so recall is measured on queries the graph has not seen; 0 = off",
+    )
+    recall_check_interval_s: float = Field(
+        60.0, ge=0, description="how often indexers measure recall@10 on a few queries; 0 = off"
+    )
+    vector_train_size: int = Field(
+        10_000,
+        ge=1,
+        description="faiss engines are served exactly until this many vectors are in, then "
+        "their quantiser and projection are fitted on them",
+    )
+    vector_keep_variance: float = Field(
+        0.95, gt=0, le=1, description="share of variance an 'auto' projection keeps"
     )
     log_format: Literal["json", "console"] = "json"
     log_level: str = "info"

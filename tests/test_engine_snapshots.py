@@ -82,6 +82,7 @@ def test_a_reloaded_snapshot_searches_with_the_configured_settings(
         rerank_depth=2,
         train_size=300,
         compaction=Compaction(fraction=0.5, minimum=50),
+        hold_out_every=0,
     )
     index = FeatureIndex(store, "clip", make(store, "clip", old), tmp_path / "snap")
     index.apply(upserts(data, range(600)), {})
@@ -93,6 +94,7 @@ def test_a_reloaded_snapshot_searches_with_the_configured_settings(
         rerank_depth=6,
         train_size=300,
         compaction=Compaction(fraction=0.1, minimum=500),
+        hold_out_every=0,
     )
     engine = make(store, "clip", configured)
     reopened = FeatureIndex(store, "clip", engine, tmp_path / "snap")

@@ -14,9 +14,11 @@ from numpy.typing import NDArray
 from index_store.engines.engine import Engine
 from index_store.engines.exact_float import ExactFloatEngine
 from index_store.engines.exact_until_trained import ExactUntilTrained
-from index_store.engines.factory import FLOAT_ENGINES, EngineFactory
+from index_store.engines.factory import FAISS_GRAPH, FLOAT_ENGINES, EngineFactory
 from index_store.engines.faiss_graph import FaissHnswEngine
+from index_store.engines.held_out import HoldOut
 from index_store.engines.hnswlib_graph import HnswlibEngine
+from index_store.engines.projection import Projection
 from index_store.engines.rerank import ExactRerank
 from index_store.metric import Metric
 from schemas.settings import Settings
@@ -52,7 +54,7 @@ def factory(config: str, **options: Any) -> EngineFactory:
     """A small training threshold so the trained graph (not its exact staging) is exercised."""
     name = next(n for n in FLOAT_ENGINES if n == config.split("+")[0])
     reduce_dim = PCA_DIM if "+pca" in config else 0
-    return EngineFactory(name, reduce_dim, **{"train_size": 500, **options})
+    return EngineFactory(name, reduce_dim, **{"train_size": 500, "hold_out_every": 0, **options})
 
 
 def build(config: str, store: Store, **options: Any) -> Engine:
@@ -303,13 +305,17 @@ def test_factory_composes_engines_from_the_configuration() -> None:
         return [None] * len(ids)
 
     default = EngineFactory().make(Metric.COSINE, 512, exact_vectors=fetch)
-    assert isinstance(default, ExactRerank) and isinstance(default.inner, ExactUntilTrained)
-    graph = default.inner.inner
-    assert isinstance(graph, FaissHnswEngine) and graph.quantised and graph.reduce_to == 64
+    assert isinstance(default, HoldOut) and isinstance(default.inner, ExactRerank)
+    assert isinstance(default.inner.inner, ExactUntilTrained)
+    graph = default.inner.inner.inner
+    assert isinstance(graph, FaissHnswEngine) and graph.quantised
+    assert graph.needs_training and graph.projection.chosen_at_training
     # Without the store there is nothing to re-rank or project with.
     bare = EngineFactory().make(Metric.COSINE, 512)
     assert isinstance(bare, ExactUntilTrained) and bare.snapshot_format["reduce_to"] is None
-    flat = EngineFactory("faiss-hnsw", reduce_dim=0).make(Metric.COSINE, 8, exact_vectors=fetch)
+    flat = EngineFactory("faiss-hnsw", reduce_dim=0, hold_out_every=0).make(
+        Metric.COSINE, 8, exact_vectors=fetch
+    )
     assert isinstance(flat, FaissHnswEngine) and flat.exact_distances
     assert isinstance(EngineFactory("hnsw").make(Metric.COSINE, 8), HnswlibEngine)
     assert isinstance(EngineFactory("exact").make(Metric.COSINE, 8), ExactFloatEngine)
@@ -319,7 +325,7 @@ def test_factory_composes_engines_from_the_configuration() -> None:
     with pytest.raises(ValueError):
         EngineFactory("annoy").make(Metric.COSINE, 8)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        EngineFactory(train_size=32).make(Metric.COSINE, 512, exact_vectors=fetch)
+        EngineFactory(reduce_dim=64, train_size=32).make(Metric.COSINE, 512, exact_vectors=fetch)
     with pytest.raises(ValueError):
         EngineFactory("hnsw").make(Metric.COSINE, 8).upsert("a", b"\x00" * 12)
     with pytest.raises(ValueError):
@@ -350,3 +356,27 @@ def test_projected_graph_keeps_cosine_order_when_vectors_share_a_direction() -> 
         want = dict(twin.exact.search([q.tobytes()], 50))
         for image_id, distance in got:
             assert distance == pytest.approx(want[image_id], abs=1e-5)
+
+
+def test_a_projection_chosen_at_training_keeps_what_the_data_needs() -> None:
+    rng = np.random.default_rng(7)
+    # Signal in 20 dimensions (projected to 256) plus faint noise: about 20 dimensions suffice.
+    latent = rng.standard_normal((2_000, 20)) @ rng.standard_normal((20, 256))
+    narrow = latent + 0.01 * rng.standard_normal((2_000, 256))
+    # Variance spread evenly over every dimension: projecting would lose most of it.
+    wide = rng.standard_normal((2_000, 256))
+    auto = Projection(keep_variance=0.95)
+    chosen = {}
+    for name, data in (("narrow", narrow), ("wide", wide)):
+        vectors = (data / np.linalg.norm(data, axis=1, keepdims=True)).astype(np.float32)
+        graph = FaissHnswEngine(256, FAISS_GRAPH, projection=auto)
+        graph.train(vectors)
+        graph.upsert_many([f"v{i}" for i in range(len(vectors))], vectors.tobytes())
+        chosen[name] = graph.projected_to
+        # Either way the graph finds a vector's own neighbourhood.
+        assert graph.search([vectors[5].tobytes()], 1)[0][0] == "v5"
+    assert chosen["narrow"] is not None and 20 <= chosen["narrow"] <= 32
+    assert (
+        chosen["wide"] is None
+        and not FaissHnswEngine(256, FAISS_GRAPH, quantised=False, projection=auto).exact_distances
+    )  # unknown until trained

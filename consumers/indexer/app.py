@@ -22,6 +22,7 @@ from consumers.indexer.search_service import build_search_broker
 from index_store.engines.factory import EngineFactory
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
+from index_store.recall import RecallKeeper
 from schemas.kafka import make_producer, partitions_of
 from schemas.settings import Settings
 
@@ -65,7 +66,11 @@ async def run_indexer(
         reconcile_soon=schedule.soon,
     )
     engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
-    control = ControlService(store, indexes, ingest, reconciler)
+    keepers = {
+        name: RecallKeeper(index, store, target=settings.recall_target)
+        for name, index in indexes.items()
+    }
+    control = ControlService(store, indexes, ingest, reconciler, keepers)
     await checkpoint_all(indexes)  # a restart after this needs no full reload
     ingest_task = asyncio.create_task(ingest.run(stop), name="ingest")
     checkpoints = asyncio.create_task(
@@ -89,6 +94,9 @@ async def run_indexer(
         background += [
             asyncio.create_task(schedule.run(ingest, stop), name="reconcile"),
             asyncio.create_task(serving.follow(ingest, stop), name="search-serving"),
+            asyncio.create_task(
+                keep_recall(keepers, settings.recall_check_interval_s, stop), name="recall"
+            ),
         ]
         await ingest_task
     finally:
@@ -228,3 +236,22 @@ async def checkpoint_periodically(
             for index in indexes.values():
                 await asyncio.to_thread(index.compact_if_needed)
             await checkpoint_all(indexes)
+
+
+async def keep_recall(
+    keepers: Mapping[str, RecallKeeper], interval: float, stop: asyncio.Event
+) -> None:
+    """Measure each approximate index's recall@10 every `interval` seconds (recall.py), off the
+    event loop; a failed measurement is logged and tried again next time."""
+    if interval <= 0:
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        for name, keeper in keepers.items():
+            if stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(keeper.check)
+            except Exception:
+                log.exception("index.recall_check_failed", index=name)

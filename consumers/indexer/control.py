@@ -22,6 +22,7 @@ from consumers.indexer.ingest import IngestService
 from consumers.indexer.reconcile import Reconciler
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
+from index_store.recall import RecallKeeper
 from schemas.control import (
     ControlCommand,
     ControlReport,
@@ -56,7 +57,9 @@ class ControlService:
         indexes: Mapping[str, FeatureIndex],
         ingest: IngestService,
         reconciler: Reconciler,
+        recall: Mapping[str, RecallKeeper] | None = None,
     ) -> None:
+        self._recall = recall or {}
         self._store = store
         self._indexes = indexes
         self._ingest = ingest
@@ -99,6 +102,11 @@ class ControlService:
             records_read=self._ingest.records_read,
             dead_letters=self._ingest.dead_letters,
             last_reconcile=last,
+            recall={
+                name: keeper.last.recall
+                for name, keeper in self._recall.items()
+                if keeper.last is not None
+            },
             **self._shard(),
         )
 

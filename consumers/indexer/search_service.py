@@ -20,7 +20,7 @@ from consumers.indexer.control import ControlService
 from consumers.indexer.query import QueryEngine, error_reply
 from schemas.control import ControlReport, parse_command
 from schemas.dead_letter import DeadLetter
-from schemas.kafka import MAX_FETCH_BYTES, MAX_MESSAGE_BYTES
+from schemas.kafka import MAX_FETCH_BYTES, producer_options
 from schemas.message import MessageError
 from schemas.search import SearchErrorCode, SearchRequest
 from schemas.settings import Settings
@@ -55,7 +55,7 @@ def build_search_broker(
         # FastStream logs through the standard library: its errors show, per-message chatter not.
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
-        max_request_size=MAX_MESSAGE_BYTES,
+        **producer_options(),
     )
 
     unanswered: set[asyncio.Task[ControlReport]] = set()

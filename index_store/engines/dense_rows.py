@@ -15,7 +15,7 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import NDArray
 
-from index_store.engines.engine import Hit, Vectors, ranked, rows_of
+from index_store.engines.engine import Effort, Hit, Vectors, ranked, rows_of
 from index_store.engines.nearest_pool import NearestPool
 from index_store.engines.slots import SlotEngine, SlotMap
 
@@ -61,6 +61,14 @@ class DenseRowEngine(SlotEngine):
     @property
     def needs_compaction(self) -> bool:
         return False  # freed slots are reused in place
+
+    @property
+    def effort(self) -> Effort | None:
+        return None  # exact: every search scans every row
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        pass
 
     def upsert(self, image_id: str, vector: bytes) -> None:
         self._put(image_id, self._row(vector))

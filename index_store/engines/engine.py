@@ -8,6 +8,7 @@ codes, float32 for everything else); distances are smallest-first for every metr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -23,6 +24,16 @@ Vectors = bytes | memoryview
 # Exact float32 bytes of images by id, None where absent: one call (one store read
 # transaction) per batch of ids.
 FetchVectors = Callable[[Sequence[str]], list[bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Effort:
+    """How hard an approximate engine searches: `ef`, the graph's search beam; `depth`,
+    candidates per result re-ranked with exact vectors (1: no re-rank). More of either buys
+    recall with latency; index_store/recall.py chooses them by measured recall."""
+
+    ef: int
+    depth: int = 1
 
 
 class Engine(Protocol):
@@ -66,6 +77,14 @@ class Engine(Protocol):
     def slots(self) -> int:
         """Slots held, live or dead: what memory grows with."""
         ...
+
+    @property
+    def effort(self) -> Effort | None:
+        """How hard searches work now; None for an exact engine (nothing to tune)."""
+        ...
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None: ...
 
     @property
     def needs_compaction(self) -> bool:

@@ -7,8 +7,9 @@ search, so removed ids are never returned). `needs_compaction` says when the tom
 enough that rebuilding from the store pays; the owner rebuilds off the search lock
 (`FeatureIndex.compact_if_needed`).
 
-With `reduce_to` the graph holds PCA projections (faiss `PCAMatrix` in an `IndexPreTransform`)
-searched by L2, which costs less per visited node. The projection is orthonormal and applied to
+With a projection (projection.py: a fixed size, or one chosen from the training sample) the
+graph holds PCA projections (faiss `PCAMatrix` in an `IndexPreTransform`) searched by L2, which
+costs less per visited node. The projection is orthonormal and applied to
 *centred* vectors, so L2 distances between projections approximate the original ones (the
 dropped components add a nearly constant term), and for unit vectors L2 order is cosine order.
 Inner products would not survive the centring: embeddings such as CLIP's share a large common
@@ -33,11 +34,13 @@ import structlog
 from numpy.typing import NDArray
 
 from index_store.engines.graph import Candidates, GraphEngine, GraphSettings
+from index_store.engines.projection import Projection, shares_of
 from index_store.engines.slots import SlotMap
 
 log = structlog.get_logger(__name__)
 
 GRAPH_FILE = "faiss.index"
+NO_PROJECTION = Projection()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,33 +59,42 @@ class FaissHnswEngine(GraphEngine):
         graph: GraphSettings,
         *,
         quantised: bool = True,
-        reduce_to: int | None = None,
+        projection: Projection = NO_PROJECTION,
         compaction: Compaction = Compaction(fraction=0.25, minimum=1_000),
     ) -> None:
-        if reduce_to is not None and not 0 < reduce_to < dim:
-            raise ValueError(f"reduce_to must be between 1 and {dim - 1}, got {reduce_to}")
+        if projection.dims is not None and not 0 < projection.dims < dim:
+            raise ValueError(f"a projection must keep 1 to {dim - 1} dimensions")
         self.dim = dim
         self.graph = graph
         self.quantised = quantised
-        self.reduce_to = reduce_to
+        self.projection = projection
         self.compaction = compaction
         self.ef_search = graph.ef_search
         self._slots = SlotMap(reuse=False)
         self._live = _LiveBits()
-        self._index = self._new_index()
+        # The graph, built once its projection size is known (at training if chosen then).
+        self._projected_to: int | None = projection.dims
+        self._index: Any = None if projection.chosen_at_training else self._new_index()
 
     @property
     def snapshot_format(self) -> dict[str, object]:
         name = "faiss-hnsw-sq8" if self.quantised else "faiss-hnsw"
-        return {"engine": name, "dim": self.dim, "reduce_to": self.reduce_to}
+        return {"engine": name, "dim": self.dim, "reduce_to": self.projection.name}
+
+    @property
+    def projected_to(self) -> int | None:
+        """Dimensions the graph holds when it holds projections (known once trained)."""
+        return self._projected_to
 
     @property
     def exact_distances(self) -> bool:
-        return not self.quantised and self.reduce_to is None
+        """Float32 over the vectors themselves (unknown, so False, until a projection chosen
+        at training is chosen)."""
+        return not self.quantised and self._projected_to is None and self._index is not None
 
     @property
     def needs_training(self) -> bool:
-        return not self._index.is_trained
+        return self._index is None or not self._index.is_trained
 
     @property
     def tombstones(self) -> int:
@@ -94,15 +106,21 @@ class FaissHnswEngine(GraphEngine):
         return self._slots.dead > max(policy.minimum, policy.fraction * len(self))
 
     def train(self, sample: NDArray[np.float32]) -> None:
-        """Fit the projection and the quantiser on `sample` (rows are vectors)."""
-        self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        if self.reduce_to is not None:
+        """Fit the projection (choosing its size first, if chosen from the data) and the
+        quantiser on `sample` (rows are vectors)."""
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.projection.chosen_at_training:
+            self._projected_to = self.projection.size_for(sample)
+            self._index = self._new_index()
+        self._index.train(sample)
+        if self._projected_to is not None:
             pca: Any = faiss.downcast_VectorTransform(self._index.chain.at(0))
-            variance = np.clip(faiss.vector_to_array(pca.eigenvalues).astype(np.float64), 0, None)
-            kept = float(variance[: self.reduce_to].sum() / variance.sum())
+            kept = float(
+                shares_of(faiss.vector_to_array(pca.eigenvalues))[: self._projected_to].sum()
+            )
             log.info(
                 "index.projection_fitted",
-                dims=f"{self.dim}->{self.reduce_to}",
+                dims=f"{self.dim}->{self._projected_to}",
                 variance_kept=round(kept, 4),
                 vectors=len(sample),
             )
@@ -114,7 +132,7 @@ class FaissHnswEngine(GraphEngine):
             self.dim,
             self.graph,
             quantised=self.quantised,
-            reduce_to=self.reduce_to,
+            projection=self.projection,
             compaction=self.compaction,
         )
         engine.ef_search = self.ef_search
@@ -130,6 +148,10 @@ class FaissHnswEngine(GraphEngine):
         engine._index = faiss.read_index(str(directory / GRAPH_FILE))
         if engine._index.d != self.dim or engine._index.ntotal != engine._slots.size:
             raise ValueError(f"{directory}: the graph does not match its ids or dimensions")
+        engine._projected_to = None
+        if isinstance(engine._index, faiss.IndexPreTransform):
+            pretransform: Any = engine._index
+            engine._projected_to = int(pretransform.chain.at(0).d_out)
         engine._hnsw().efConstruction = self.graph.ef_construction
         engine._live = _LiveBits()
         engine._live.set(np.array([slot for slot, _ in engine._slots.live()], dtype=np.int64))
@@ -138,8 +160,9 @@ class FaissHnswEngine(GraphEngine):
     # -- internals --
 
     def _new_index(self) -> Any:
-        metric = faiss.METRIC_INNER_PRODUCT if self.reduce_to is None else faiss.METRIC_L2
-        dim, m = self.reduce_to or self.dim, self.graph.m
+        reduce_to = self._projected_to
+        metric = faiss.METRIC_INNER_PRODUCT if reduce_to is None else faiss.METRIC_L2
+        dim, m = reduce_to or self.dim, self.graph.m
         graph: Any
         if self.quantised:
             qtype: Any = faiss.ScalarQuantizer.QT_8bit
@@ -147,13 +170,13 @@ class FaissHnswEngine(GraphEngine):
         else:
             graph = faiss.IndexHNSWFlat(dim, m, metric)
         graph.hnsw.efConstruction = self.graph.ef_construction
-        if self.reduce_to is None:
+        if reduce_to is None:
             return graph
-        return faiss.IndexPreTransform(faiss.PCAMatrix(self.dim, self.reduce_to), graph)
+        return faiss.IndexPreTransform(faiss.PCAMatrix(self.dim, reduce_to), graph)
 
     def _hnsw(self) -> Any:
         graph: Any = self._index
-        if self.reduce_to is not None:  # the graph behind the projection
+        if self._projected_to is not None:  # the graph behind the projection
             graph = faiss.downcast_index(graph.index)
         return graph.hnsw
 
@@ -190,7 +213,7 @@ class FaissHnswEngine(GraphEngine):
             scores, found = self._index.search(queries, count, params=params)
         del selector
         dists: NDArray[np.float32]
-        if self.reduce_to is None:  # inner products
+        if self._projected_to is None:  # inner products
             dists = (1.0 - scores).astype(np.float32)
         else:  # squared L2 of unit vectors = 2 * cosine distance (approximate: projected)
             dists = (0.5 * scores).astype(np.float32)

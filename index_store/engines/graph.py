@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from index_store.engines.engine import (
+    Effort,
     Hit,
     Vectors,
     float_matrix,
@@ -67,6 +68,15 @@ class GraphEngine(SlotEngine):
     vector back (`_stored`) and finds candidates (`_candidates`); this class does the rest."""
 
     dim: int
+    ef_search: int
+
+    @property
+    def effort(self) -> Effort | None:
+        return Effort(self.ef_search)
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        self.ef_search = effort.ef
 
     def upsert(self, image_id: str, vector: bytes) -> None:
         self._insert([image_id], float_matrix([vector], self.dim), bulk=False)

@@ -12,7 +12,7 @@ from typing import Self
 
 import numpy as np
 
-from index_store.engines.engine import Engine, FetchVectors, Hit, float_matrix, ranked
+from index_store.engines.engine import Effort, Engine, FetchVectors, Hit, float_matrix, ranked
 from index_store.engines.wrapper import EngineWrapper
 
 
@@ -27,6 +27,18 @@ class ExactRerank(EngineWrapper):
     @property
     def exact_distances(self) -> bool:
         return True
+
+    @property
+    def effort(self) -> Effort | None:
+        inner = self.inner.effort
+        if inner is None or self.inner.exact_distances:
+            return inner  # nothing to re-rank
+        return Effort(inner.ef, self.depth)
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        self.inner.effort = effort
+        self.depth = effort.depth
 
     def vector_of(self, image_id: str) -> bytes | None:
         """The exact vector from the store, or what the engine holds if the store has none."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from index_store.engines.engine import Engine, Hit, Vectors
+from index_store.engines.engine import Effort, Engine, Hit, Vectors
 
 
 class EngineWrapper:
@@ -33,6 +33,14 @@ class EngineWrapper:
     @property
     def needs_compaction(self) -> bool:
         return self.serving.needs_compaction
+
+    @property
+    def effort(self) -> Effort | None:
+        return self.serving.effort
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        self.inner.effort = effort  # kept by the inner engine, whichever serves now
 
     def __len__(self) -> int:
         return len(self.serving)
