@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from index_store.engines.engine import Effort, FetchVectors, Hit
 from index_store.lmdb_store import FeatureStore
+from schemas.metrics import RECALL_AT_10
 
 log = structlog.get_logger(__name__)
 
@@ -213,6 +214,7 @@ class RecallKeeper:
             effort = self.index.effort
             assert effort is not None
             self.last = RecallReport(self.index.name, self._recall(), len(self._recent), effort)
+            RECALL_AT_10.labels(index=self.index.name).set(self.last.recall)
             log.info(
                 "index.recall",
                 index=self.index.name,

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds indexers get to answer")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("trace", help="one image's stages and their times, from the logs")
+    p.add_argument("image", help="bucket/key, or a key in the configured bucket")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("rebuild", help="rebuild an index from the store, swapping it in live")
     p.add_argument("feature", help="phash, colour or clip")
     p.add_argument("--source", choices=["store", "topic"], default="store")
@@ -101,6 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distance", type=float)
     p.set_defaults(func=cmd_search)
     return parser
+
+
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from lookalike.trace_view import render_trace, steps_of
+
+    image_id = args.image if "/" in args.image else f"{settings.bucket}/{args.image}"
+    steps = steps_of(settings.data_dir / "logs", image_id)
+    if not steps and not args.image.startswith(f"{settings.bucket}/"):
+        image_id = f"{settings.bucket}/{args.image}"  # a key with slashes, without the bucket
+        steps = steps_of(settings.data_dir / "logs", image_id)
+    render_trace(image_id, steps, Console())
+    return 0 if steps else 1
 
 
 def _with_features(settings: Settings, features: str | None) -> Settings:
@@ -247,13 +265,21 @@ def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import track
+
     from lookalike.s3 import s3_client
     from producers.uploads import ensure_bucket, upload_files
 
     s3 = s3_client(settings)
     ensure_bucket(s3, settings.bucket)
-    for key in upload_files(s3, settings.bucket, args.paths, args.prefix):
-        print(f"uploaded {settings.bucket}/{key}")
+    paths: list[Path] = args.paths
+    if len(paths) == 1:
+        for key in upload_files(s3, settings.bucket, paths, args.prefix):
+            print(f"uploaded {settings.bucket}/{key}")
+        return 0
+    for path in track(paths, description=f"uploading to {settings.bucket}"):
+        upload_files(s3, settings.bucket, [path], args.prefix)
+    print(f"uploaded {len(paths)} files to {settings.bucket}/{args.prefix}")
     return 0
 
 

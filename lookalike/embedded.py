@@ -167,6 +167,7 @@ class Infrastructure:
     broker: ManagedProcess | None = None
     s3_gateway: ManagedProcess | None = None
     cluster_id: str = ""  # of the running broker; new at every broker start
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # process name -> /metrics port
 
     @property
     def env(self) -> dict[str, str]:
@@ -227,12 +228,21 @@ class Infrastructure:
         name: str | None = None,
         env: dict[str, str] | None = None,
     ) -> ManagedProcess:
+        name = name or command
+        # Each process serves /metrics on its own port, the same one after a restart.
+        metrics_port = self.metrics_ports.setdefault(name, free_port())
         return ManagedProcess(
-            name or command,
+            name,
             [sys.executable, "-m", "lookalike", command, *args],
-            {**self.env, **(env or {})},
-            self.data_dir / "logs" / f"{name or command}.log",
+            {**self.env, "LOOKALIKE_METRICS_PORT": str(metrics_port), **(env or {})},
+            self.data_dir / "logs" / f"{name}.log",
         )
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Process name -> its /metrics URL."""
+        return {
+            name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics_ports.items()
+        }
 
     def _start(self, proc: ManagedProcess) -> None:
         proc.start()

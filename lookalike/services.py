@@ -11,6 +11,7 @@ from consumers.features.catalog import build_features
 from consumers.indexer.app import run_indexer
 from lookalike.s3 import s3_client
 from producers.s3_gateway import serve_gateway
+from schemas import metrics
 from schemas.settings import Settings
 
 
@@ -26,14 +27,17 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
 
 
 def run_extractor(settings: Settings) -> None:
+    metrics.serve(settings)
     service = ExtractorService(settings, s3_client(settings), build_features(settings))
     run_until_signalled(service.run)
 
 
 def run_indexer_service(settings: Settings) -> None:
+    metrics.serve(settings)
     features = build_features(settings)
     run_until_signalled(lambda stop: run_indexer(settings, s3_client(settings), features, stop))
 
 
 def run_gateway(settings: Settings, port: int) -> None:
+    metrics.serve(settings)
     run_until_signalled(lambda stop: serve_gateway(settings, port, stop))

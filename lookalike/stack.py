@@ -7,6 +7,7 @@ Once started, a supervisor thread (`lookalike/supervisor.py`) restarts any proce
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -114,6 +115,7 @@ class Stack:
             for shard in range(self.shards):
                 for replica in range(self.replicas):
                     self.start_indexer(shard, replica, wait=False)
+        self.write_env_file()  # now with every process's /metrics URL
         # Fails fast if a process dies while starting; CLIP models load slowly on busy machines.
         self.wait_until_serving(timeout=120.0)
 
@@ -215,8 +217,18 @@ class Stack:
         """So `lookalike upload/search/status` in another terminal find this stack."""
         path = self.data_dir / ENV_FILE
         lines = [f"{k}={v}" for k, v in self.infra.env.items() if k.startswith("LOOKALIKE_")]
+        lines += [
+            f"{metrics_url_variable(name)}={url}"
+            for name, url in sorted(self.infra.metrics_urls().items())
+        ]
         path.write_text("\n".join(lines) + "\n")
         return path
+
+
+def metrics_url_variable(process: str) -> str:
+    """The stack.env variable holding a process's /metrics URL, e.g.
+    LOOKALIKE_METRICS_URL_INDEXER_0_0."""
+    return "LOOKALIKE_METRICS_URL_" + re.sub(r"[^A-Z0-9]+", "_", process.upper()).strip("_")
 
 
 def _run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

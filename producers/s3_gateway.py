@@ -24,6 +24,7 @@ from nanio.auth.credentials import StaticCredentialResolver
 from nanio.config import Settings as NanioSettings
 from nanio.errors import S3Error as NanioError
 
+from schemas import tracing
 from schemas.control import ReconcileCommand
 from schemas.kafka import make_producer
 from schemas.minio_events import build_notification, notification_key
@@ -161,7 +162,11 @@ async def serve_gateway(settings: Settings, port: int, stop: asyncio.Event) -> N
     await producer.start()
 
     async def publish(key: bytes, value: bytes) -> None:
-        await producer.send_and_wait(settings.image_events_topic, value, key=key)
+        span = tracing.new_traceparent()  # one trace per object event, followed downstream
+        await producer.send_and_wait(
+            settings.image_events_topic, value, key=key, headers=tracing.headers_for(span)
+        )
+        log.info("gateway.event_published", image_id=key.decode(), trace_id=tracing.trace_id(span))
 
     await _ask_for_reconciliation(producer, settings)
     gateway = NotifyingS3(app, app.state.storage, publish)

@@ -42,6 +42,9 @@ class FeatureEvent(Message):
     vector: bytes | None = None
     reason: str | None = Field(None, description="why a reject was rejected")
     extracted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    uploaded_at: datetime | None = Field(
+        None, description="the object's S3 event time (upload -> searchable is measured from it)"
+    )
 
     @model_validator(mode="after")
     def _upsert_carries_a_vector(self) -> FeatureEvent:

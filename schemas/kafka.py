@@ -13,12 +13,15 @@ behaviour are decided here once:
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from schemas.metrics import MESSAGES_OUT
 from schemas.minio_events import minio_partitioner
 from schemas.settings import Settings
 
@@ -36,9 +39,23 @@ def producer_options() -> dict[str, Any]:
     }
 
 
+class CountingProducer(AIOKafkaProducer):  # type: ignore[misc]
+    """An aiokafka producer that counts what the broker acknowledged, by topic (metrics.py)."""
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        delivery: asyncio.Future[Any] = await super().send(topic, *args, **kwargs)
+        delivery.add_done_callback(partial(_count_delivery, topic))
+        return delivery
+
+
+def _count_delivery(topic: str, delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled() and delivery.exception() is None:
+        MESSAGES_OUT.labels(topic=topic).inc()
+
+
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     options = {"bootstrap_servers": settings.kafka_bootstrap, **producer_options(), **overrides}
-    return AIOKafkaProducer(**options)
+    return CountingProducer(**options)
 
 
 def make_consumer(

@@ -150,6 +150,10 @@ class Settings(BaseSettings):
         0.95, gt=0, le=1, description="share of variance an 'auto' projection keeps"
     )
     log_format: Literal["json", "console"] = "json"
+    metrics_port: int | None = Field(
+        None, ge=0, description="serve /metrics on this port (0 = any free one); unset = off"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     log_level: str = "info"
 
     @property

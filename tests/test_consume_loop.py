@@ -10,12 +10,14 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.failures import PoisonMessage, is_transient
 from consumers.kafka.runner import Batch, ConsumeLoop, Record
 
 TP = TopicPartition("lookalike.image-events", 0)
+END_OF_LOG = 10
 
 
 def record(offset: int, value: bytes) -> Record:
@@ -49,6 +51,9 @@ class FakeConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return {TP}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return END_OF_LOG  # as the last fetch response said
 
 
 class FakeSink:
@@ -90,7 +95,9 @@ class Stage:
         raise AssertionError("no log watch in these tests")
 
 
-async def run(polls: list[list[Record]]) -> tuple[Stage, FakeSink, ConsumeLoop]:
+async def run(
+    polls: list[list[Record]], name: str = "consumer"
+) -> tuple[Stage, FakeSink, ConsumeLoop]:
     stop = asyncio.Event()
     stage, sink = Stage(), FakeSink()
     loop = ConsumeLoop(
@@ -100,6 +107,7 @@ async def run(polls: list[list[Record]]) -> tuple[Stage, FakeSink, ConsumeLoop]:
         max_records=10,
         max_attempts=3,
         backoff_max_s=0.01,
+        name=name,
     )
     await asyncio.wait_for(loop.run(stop), 30)
     return stage, sink, loop
@@ -141,3 +149,16 @@ def test_failures_are_told_apart() -> None:
     assert not is_transient(s3_error("AccessDenied"))
     assert not is_transient(OSError("image file is truncated"))
     assert not is_transient(ValueError("item has 8 bytes, index holds 72"))
+
+
+async def test_the_loop_counts_what_it_handled_and_what_is_left_behind_it() -> None:
+    def value(name: str, **labels: str) -> float:
+        found = REGISTRY.get_sample_value(name, labels)
+        return 0.0 if found is None else found
+
+    labels = {"stage": "metrics-test", "topic": TP.topic}
+    before = value("lookalike_messages_in_total", **labels)
+    await run([[record(0, b"ok"), record(1, b"boom")], [record(2, b"flaky")]], "metrics-test")
+    assert value("lookalike_messages_in_total", **labels) == before + 3  # dead letter included
+    assert value("lookalike_consumer_lag", **labels, partition="0") == END_OF_LOG - 3
+    assert value("lookalike_retries_total", stage="metrics-test", kind="transient") == 2

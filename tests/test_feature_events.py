@@ -3,6 +3,7 @@ on disk, fakes for the dead-letter sink and the alert topic (the module's bounda
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,9 @@ class Alerts:
     def __init__(self) -> None:
         self.results: list[SimilarityResult] = []
 
-    async def publish(self, results: list[SimilarityResult]) -> None:
+    async def publish(
+        self, results: list[SimilarityResult], traces: Mapping[str, str | None] | None = None
+    ) -> None:
         self.results.extend(results)
 
 

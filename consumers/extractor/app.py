@@ -27,6 +27,7 @@ from consumers.features.contract import FeatureSpec
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch
 from consumers.kafka.runner import Batch, ConsumeLoop
+from schemas import tracing
 from schemas.kafka import make_consumer, make_producer
 from schemas.settings import Settings
 
@@ -63,6 +64,7 @@ class ExtractorService:
             max_attempts=s.max_delivery_attempts,
             backoff_max_s=s.retry_backoff_max_s,
             log_watch=watch,
+            name="extractor",
         )
         log.info("extractor.started", topic=s.image_events_topic, group=self._group)
         try:
@@ -82,10 +84,23 @@ class ExtractorService:
         outcomes = await self._handler.handle_batch([(r.key, r.value) for r in records])
         sends = []
         for record, outcome in zip(records, outcomes, strict=True):
+            span = tracing.child_of(tracing.from_headers(record.headers))
             for event in outcome.events:
                 topic = self._settings.features_topic(event.feature)
                 sends.append(
-                    await producer.send(topic, event.to_bytes(), key=event.image_id.encode())
+                    await producer.send(
+                        topic,
+                        event.to_bytes(),
+                        key=event.image_id.encode(),
+                        headers=tracing.headers_for(span),
+                    )
+                )
+            for image_id in sorted({event.image_id for event in outcome.events}):
+                log.info(
+                    "extract.published",
+                    image_id=image_id,
+                    trace_id=tracing.trace_id(span),
+                    events=[f"{e.feature}:{e.op.value}" for e in outcome.events],
                 )
             if outcome.dead_letter_reason is not None:
                 await dead_letters.send(record, outcome.dead_letter_reason)

@@ -9,6 +9,7 @@ Bad input never raises: it becomes a dead-letter reason.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from consumers.extractor.object_fetch import (
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
 from schemas.features import FeatureEvent, FeatureOp
+from schemas.metrics import EXTRACTION_BATCH_SECONDS, EXTRACTION_SECONDS
 from schemas.minio_events import (
     ChangeKind,
     Ignored,
@@ -99,7 +101,18 @@ class EventHandler:
 
     def _describe(self, images: list[Image.Image]) -> list[list[bytes]]:
         """Per feature, the vectors of all images (batched: one model call per feature)."""
-        return [spec.describe_batch(images) if images else [] for spec in self._features]
+        if not images:
+            return [[] for _ in self._features]
+        described = []
+        for spec in self._features:
+            started = time.perf_counter()
+            described.append(spec.describe_batch(images))
+            took = time.perf_counter() - started
+            EXTRACTION_BATCH_SECONDS.labels(feature=spec.name).observe(took)
+            per_image = EXTRACTION_SECONDS.labels(feature=spec.name)
+            for _ in images:
+                per_image.observe(took / len(images))
+        return described
 
     async def _prepare_all(
         self, messages: Sequence[tuple[bytes | None, bytes | None]]
@@ -218,6 +231,7 @@ class EventHandler:
                 vector_kind=spec.vector_kind,
                 dim=spec.dim,
                 vector=vector,
+                uploaded_at=d.change.event_time,
             )
             for spec, vector in zip(self._features, vectors, strict=True)
         ]

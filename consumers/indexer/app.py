@@ -24,6 +24,7 @@ from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
 from index_store.recall import RecallKeeper
 from schemas.kafka import make_producer, partitions_of
+from schemas.metrics import INDEX_IMAGES, INDEX_TOMBSTONES
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,7 @@ async def run_indexer(
     }
     for index in indexes.values():
         await asyncio.to_thread(index.load)
+        measure_when_scraped(index)
     producer = make_producer(settings)
     await producer.start()
     reconciler = Reconciler(settings, s3, store, indexes, producer)
@@ -255,3 +257,14 @@ async def keep_recall(
                 await asyncio.to_thread(keeper.check)
             except Exception:
                 log.exception("index.recall_check_failed", index=name)
+
+
+def measure_when_scraped(index: FeatureIndex) -> None:
+    """The index's size and tombstones, read as they are when metrics are scraped."""
+
+    def tombstones() -> float:
+        engine = index.engine  # a rebuild may swap it: read it once
+        return float(engine.slots - len(engine))
+
+    INDEX_IMAGES.labels(index=index.name).set_function(index.__len__)
+    INDEX_TOMBSTONES.labels(index=index.name).set_function(tombstones)

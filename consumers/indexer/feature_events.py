@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
@@ -25,8 +26,10 @@ from consumers.indexer.query import to_hit
 from consumers.kafka.runner import Record
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import Change, Delete, ImageRecord, Reject, Upsert
+from schemas import tracing
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
 from schemas.message import MessageError
+from schemas.metrics import UPLOAD_TO_SEARCHABLE_SECONDS
 from schemas.settings import Settings
 from schemas.similarity import SimilarityResult
 
@@ -38,7 +41,9 @@ class DeadLetters(Protocol):
 
 
 class Alerts(Protocol):
-    async def publish(self, results: list[SimilarityResult]) -> None: ...
+    async def publish(
+        self, results: list[SimilarityResult], traces: Mapping[str, str | None] | None = None
+    ) -> None: ...
 
 
 class KafkaAlerts:
@@ -48,9 +53,18 @@ class KafkaAlerts:
         self._producer = producer
         self._topic = settings.similarity_results_topic
 
-    async def publish(self, results: list[SimilarityResult]) -> None:
+    async def publish(
+        self, results: list[SimilarityResult], traces: Mapping[str, str | None] | None = None
+    ) -> None:
+        """`traces`: the traceparent of each result's image, continued in the alert."""
+        traces = traces or {}
         sends = [
-            await self._producer.send(self._topic, r.to_bytes(), key=r.image_id.encode())
+            await self._producer.send(
+                self._topic,
+                r.to_bytes(),
+                key=r.image_id.encode(),
+                headers=tracing.headers_for(tracing.child_of(traces.get(r.image_id))),
+            )
             for r in results
         ]
         await asyncio.gather(*sends)
@@ -81,12 +95,16 @@ class FeatureEventApplier:
         feature = tp.topic.removeprefix(self._settings.features_topic_prefix)
         spec, index = self._specs[feature], self._indexes[feature]
         changes: list[Change] = []
+        traces: dict[str, str | None] = {}
+        uploaded: dict[str, datetime | None] = {}
         for record in records:
             try:
                 event = FeatureEvent.from_bytes(record.value)
             except MessageError as exc:
                 await self._reject(record, str(exc))
                 continue
+            traces[event.image_id] = tracing.from_headers(record.headers)
+            uploaded[event.image_id] = event.uploaded_at
             if event.feature_version != spec.version:
                 log.info(
                     "ingest.other_version",
@@ -103,9 +121,22 @@ class FeatureEventApplier:
         offsets = {offset_name(tp): records[-1].offset + 1}
         upserts = await asyncio.to_thread(index.apply, changes, offsets)
         self.records_read += len(records)
+        searchable_at = datetime.now(UTC)
+        for upsert in upserts:
+            since = uploaded.get(upsert.image_id)
+            took = (searchable_at - since).total_seconds() if since else None
+            if took is not None:
+                UPLOAD_TO_SEARCHABLE_SECONDS.labels(feature=feature).observe(max(took, 0.0))
+            log.info(
+                "index.image_applied",
+                image_id=upsert.image_id,
+                feature=feature,
+                trace_id=tracing.trace_id(traces.get(upsert.image_id)),
+                upload_to_searchable_s=None if took is None else round(took, 3),
+            )
         if upserts:
             results = await asyncio.to_thread(self._near_duplicates, spec, index, upserts)
-            await self._alerts.publish(results)
+            await self._alerts.publish(results, traces)
 
     async def _reject(self, record: Record, reason: str) -> None:
         await self._dead_letters.send(record, reason)

@@ -91,6 +91,7 @@ class IngestService:
             max_attempts=s.max_delivery_attempts,
             backoff_max_s=s.retry_backoff_max_s,
             log_watch=self.log_watch,
+            name="indexer",
         )
         try:
             await self._assign(consumer)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
 from index_store.feature_index import FeatureIndex, Neighbour
+from schemas.metrics import SEARCH_ERRORS, SEARCH_SECONDS
 from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
 from schemas.settings import Settings
 
@@ -52,8 +53,12 @@ class QueryEngine:
             reply = error_reply(request.feature, exc.code, str(exc)).model_copy(
                 update={"partitions": self.partitions, "partition_count": self.partition_count}
             )
-        took = (time.perf_counter() - started) * 1000
-        return reply.model_copy(update={"took_ms": took})
+        took = time.perf_counter() - started
+        SEARCH_SECONDS.labels(feature=request.feature).observe(took)
+        if not reply.ok:
+            code = reply.error_code.value if reply.error_code else "unknown"
+            SEARCH_ERRORS.labels(feature=request.feature, code=code).inc()
+        return reply.model_copy(update={"took_ms": took * 1000})
 
     def _index_for(self, feature: str) -> FeatureIndex:
         index = self._indexes.get(feature)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from schemas.dead_letter import DeadLetter
+from schemas.metrics import DEAD_LETTERS
 
 log = structlog.get_logger(__name__)
 
@@ -42,3 +45,11 @@ class DeadLetterSink:
         # Wait for the ack: the source offset is committed right after, and must not be
         # committed for a message that exists nowhere.
         await self._producer.send_and_wait(self._topic, letter.to_bytes(), key=record.key)
+        DEAD_LETTERS.labels(stage=self._stage, reason=reason_kind(reason)).inc()
+
+
+def reason_kind(reason: str) -> str:
+    """A reason's kind, for counting (few values): its first words before any id or detail,
+    e.g. 'undecodable image', 'oversize upload', 'ValueError'."""
+    found = re.match(r"[A-Za-z_]+(?: [a-z_]+)?", reason)
+    return found.group(0) if found else "other"

@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.failures import PoisonMessage, is_transient
 from consumers.kafka.log_watch import LogWatch
+from schemas.metrics import CONSUMER_LAG, MESSAGES_IN, RETRIES
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +73,10 @@ class ConsumeLoop:
         backoff_max_s: float = 30.0,
         log_watch: LogWatch | None = None,
         poll_ms: int = 200,
+        name: str = "consumer",
     ) -> None:
+        """`name`: the stage's name in metrics (extractor, indexer)."""
+        self.name = name
         self._consumer = consumer
         self._stage = stage
         self._dead_letters = dead_letters
@@ -118,6 +122,7 @@ class ConsumeLoop:
 
     async def _deliver(self, batch: Batch, stop: asyncio.Event) -> None:
         failure = await self._attempt(batch, stop)
+        self._measure(batch)
         if failure is None:
             return
         records = [(tp, r) for tp, rs in batch.items() for r in rs]
@@ -130,6 +135,17 @@ class ConsumeLoop:
             failure = await self._attempt(one, stop)
             if failure is not None:
                 await self._give_up(tp, record, failure, stop)
+
+    def _measure(self, batch: Batch) -> None:
+        """Records handled (processed or dead-lettered) and what is left behind them."""
+        for tp, records in batch.items():
+            MESSAGES_IN.labels(stage=self.name, topic=tp.topic).inc(len(records))
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                lag = max(0, end - (records[-1].offset + 1))
+                CONSUMER_LAG.labels(stage=self.name, topic=tp.topic, partition=tp.partition).set(
+                    lag
+                )
 
     async def _attempt(self, batch: Batch, stop: asyncio.Event) -> BaseException | None:
         """Process `batch` until it works (None) or fails deterministically too often."""
@@ -147,6 +163,7 @@ class ConsumeLoop:
             except Exception as exc:
                 if is_transient(exc):
                     self.retries += 1
+                    RETRIES.labels(stage=self.name, kind="transient").inc()
                     log.warning("consume.transient_failure", error=repr(exc), retry_in_s=wait)
                     if await _sleep_unless(stop, wait):
                         raise Stopping from exc
@@ -164,6 +181,7 @@ class ConsumeLoop:
             if attempts >= self._max_attempts:
                 return failure
             self.retries += 1
+            RETRIES.labels(stage=self.name, kind="failed").inc()
             if await _sleep_unless(stop, 0.1 * 2**attempts):
                 raise Stopping from failure
 
