@@ -11,7 +11,7 @@ from consumers.features.catalog import build_features
 from consumers.indexer.app import run_indexer
 from lookalike.s3 import s3_client
 from producers.s3_gateway import serve_gateway
-from schemas import metrics
+from schemas import metrics, tracing
 from schemas.settings import Settings
 
 
@@ -26,18 +26,24 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
     asyncio.run(runner())
 
 
-def run_extractor(settings: Settings) -> None:
+def observe(settings: Settings, service: str) -> None:
+    """Metrics endpoint and span export, as configured (schemas/metrics.py, tracing.py)."""
     metrics.serve(settings)
+    tracing.configure(settings, service)
+
+
+def run_extractor(settings: Settings) -> None:
+    observe(settings, "extractor")
     service = ExtractorService(settings, s3_client(settings), build_features(settings))
     run_until_signalled(service.run)
 
 
 def run_indexer_service(settings: Settings) -> None:
-    metrics.serve(settings)
+    observe(settings, "indexer")
     features = build_features(settings)
     run_until_signalled(lambda stop: run_indexer(settings, s3_client(settings), features, stop))
 
 
 def run_gateway(settings: Settings, port: int) -> None:
-    metrics.serve(settings)
+    observe(settings, "s3-gateway")
     run_until_signalled(lambda stop: serve_gateway(settings, port, stop))

@@ -162,7 +162,8 @@ async def serve_gateway(settings: Settings, port: int, stop: asyncio.Event) -> N
     await producer.start()
 
     async def publish(key: bytes, value: bytes) -> None:
-        span = tracing.new_traceparent()  # one trace per object event, followed downstream
+        # One trace per object event, followed downstream.
+        span = tracing.stage("s3.object_event", None, attributes={"image_id": key.decode()})
         await producer.send_and_wait(
             settings.image_events_topic, value, key=key, headers=tracing.headers_for(span)
         )

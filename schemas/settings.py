@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         None, ge=0, description="serve /metrics on this port (0 = any free one); unset = off"
     )
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="export stage spans with OpenTelemetry (OTLP/HTTP), e.g. "
+        "http://otel-collector:4318/v1/traces; unset = traceparent headers and logs only",
+    )
     log_level: str = "info"
 
     @property

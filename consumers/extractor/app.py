@@ -84,7 +84,12 @@ class ExtractorService:
         outcomes = await self._handler.handle_batch([(r.key, r.value) for r in records])
         sends = []
         for record, outcome in zip(records, outcomes, strict=True):
-            span = tracing.child_of(tracing.from_headers(record.headers))
+            span = tracing.stage(
+                "extract",
+                tracing.from_headers(record.headers),
+                started_ms=record.timestamp,
+                attributes={"image_ids": ",".join(sorted({e.image_id for e in outcome.events}))},
+            )
             for event in outcome.events:
                 topic = self._settings.features_topic(event.feature)
                 sends.append(

@@ -63,7 +63,11 @@ class KafkaAlerts:
                 self._topic,
                 r.to_bytes(),
                 key=r.image_id.encode(),
-                headers=tracing.headers_for(tracing.child_of(traces.get(r.image_id))),
+                headers=tracing.headers_for(
+                    tracing.stage(
+                        "alert", traces.get(r.image_id), attributes={"image_id": r.image_id}
+                    )
+                ),
             )
             for r in results
         ]
@@ -96,6 +100,7 @@ class FeatureEventApplier:
         spec, index = self._specs[feature], self._indexes[feature]
         changes: list[Change] = []
         traces: dict[str, str | None] = {}
+        published_ms: dict[str, int] = {}
         uploaded: dict[str, datetime | None] = {}
         for record in records:
             try:
@@ -104,6 +109,7 @@ class FeatureEventApplier:
                 await self._reject(record, str(exc))
                 continue
             traces[event.image_id] = tracing.from_headers(record.headers)
+            published_ms[event.image_id] = record.timestamp
             uploaded[event.image_id] = event.uploaded_at
             if event.feature_version != spec.version:
                 log.info(
@@ -127,6 +133,12 @@ class FeatureEventApplier:
             took = (searchable_at - since).total_seconds() if since else None
             if took is not None:
                 UPLOAD_TO_SEARCHABLE_SECONDS.labels(feature=feature).observe(max(took, 0.0))
+            traces[upsert.image_id] = tracing.stage(
+                f"index {feature}",
+                traces.get(upsert.image_id),
+                started_ms=published_ms.get(upsert.image_id),
+                attributes={"image_id": upsert.image_id, "feature": feature},
+            )
             log.info(
                 "index.image_applied",
                 image_id=upsert.image_id,
