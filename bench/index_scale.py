@@ -1078,7 +1078,7 @@ def main() -> None:
                     chroma["load"] = run_worker(args, "chroma-reopen", [])
             if "failed" not in chroma:
                 ok = [r for r in rows if "failed" not in r and r.get("engine") != "exact"]
-                preferred = ("faiss-hnsw-sq8+pca+rerank", "faiss-hnsw-sq8+rerank")
+                preferred = ("default", "faiss-hnsw-sq8+pca+rerank", "faiss-hnsw-sq8+rerank")
                 ours = next((r for e in preferred for r in ok if r["engine"] == e), None)
                 print_chroma_table(chroma, ours or (ok[0] if ok else None))
             results["chroma"] = chroma
