@@ -17,6 +17,7 @@ is ignored and the engine is filled from the store instead.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class FeatureIndex:
         self._checkpointed_seq = -1
         self._rebuild_from: int | None = None
         self._one_rebuild = threading.Lock()  # an operator's rebuild and a compaction
+        self._engine_is_stale = False  # the store's content was replaced under the engine
 
     def __len__(self) -> int:
         return len(self._engine)
@@ -103,7 +105,7 @@ class FeatureIndex:
 
     def checkpoint(self) -> bool:
         """Snapshot the engine if it changed since the last snapshot."""
-        if self._snapshot_dir is None:
+        if self._snapshot_dir is None or self._engine_is_stale:
             return False
         with self._lock:
             seq = self._applied_seq
@@ -161,6 +163,21 @@ class FeatureIndex:
             self._rebuild_from = None
         log.info("index.rebuilt", index=self.name, images=len(fresh))
         return len(fresh)
+
+    def invalidate_snapshots(self) -> None:
+        """The store's content is about to be replaced (a rebuild from the topic): snapshots
+        of the engine no longer describe it. Until `reload_from_store`, none is written, and
+        a restart fills the engine from the store."""
+        self._engine_is_stale = True
+        if self._snapshot_dir is not None:
+            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+
+    def reload_from_store(self, progress: Callable[[int], None] | None = None) -> int:
+        """After the store's content was replaced: a fresh engine from it, swapped in."""
+        try:
+            return self.rebuild(self._store.vectors(self.name), progress)
+        finally:
+            self._engine_is_stale = False
 
     def _catch_up(self, engine: Engine, seq: int) -> int:
         """Apply the store's changes after change number `seq` to `engine`; how many."""

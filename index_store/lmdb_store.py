@@ -160,6 +160,24 @@ class FeatureStore:
             while cursor.first() and int.from_bytes(cursor.key(), "big") <= upto:
                 cursor.delete()
 
+    def replace_index(self, index: str, source: FeatureStore, offsets: dict[str, int]) -> int:
+        """Make `index` hold exactly what `source` holds of it (vectors, records, rejections),
+        with the offsets that content covers, in one transaction; its change log is emptied
+        (what it listed is replaced). Returns the images it holds now."""
+        names = (f"vec:{index}", f"meta:{index}", f"rej:{index}")
+        ours = [self._db(n) for n in names]
+        theirs = [source._db(n) for n in names]
+        log, offs = self._db(f"log:{index}"), self._db("offsets")
+        with self._env.begin(write=True) as txn, source._env.begin(buffers=True) as read:
+            for db, src in zip(ours, theirs, strict=True):
+                txn.drop(db, delete=False)
+                for key, value in read.cursor(db=src):
+                    txn.put(bytes(key), bytes(value), db=db, append=True)  # keys come sorted
+            txn.drop(log, delete=False)
+            for name, offset in offsets.items():
+                txn.put(name.encode(), str(offset).encode(), db=offs)
+            return int(txn.stat(ours[0])["entries"])
+
     def offsets(self) -> dict[str, int]:
         with self._env.begin(db=self._db("offsets")) as txn:
             return {k.decode(): int(v) for k, v in txn.cursor()}

@@ -7,6 +7,7 @@ import asyncio
 import io
 import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,11 +82,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="bucket/key, or a key in the configured bucket")
     p.set_defaults(func=cmd_trace)
 
-    p = sub.add_parser("rebuild", help="rebuild an index from the store, swapping it in live")
+    p = sub.add_parser(
+        "rebuild", help="rebuild an index from the store or its topic, swapping it in live"
+    )
     p.add_argument("feature", help="phash, colour or clip")
     p.add_argument("--source", choices=["store", "topic"], default="store")
+    p.add_argument(
+        "--allow-shrink",
+        action="store_true",
+        help="topic: replace the index even if the topic holds fewer images than it",
+    )
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser(
+        "replay", help="re-run extraction for the image events since a time or offset"
+    )
+    since = p.add_mutually_exclusive_group(required=True)
+    since.add_argument(
+        "--from-time", type=datetime.fromisoformat, help="ISO time, e.g. 2026-11-23T14:00:00+00:00"
+    )
+    since.add_argument("--from-offset", type=int, help="this offset in every partition")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("reextract", help="re-run extraction for every image (bucket scan)")
     p.set_defaults(func=cmd_reextract)
@@ -246,22 +264,36 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from producers.search_client import SearchClient
+    from rich.console import Console
+
+    from lookalike.rebuild_view import print_reports, rebuild_with_progress
     from schemas.control import RebuildCommand, RebuildSource
 
-    command = RebuildCommand(feature=args.feature, source=RebuildSource(args.source))
+    command = RebuildCommand(
+        feature=args.feature, source=RebuildSource(args.source), allow_shrink=args.allow_shrink
+    )
+    console = Console()
+    reports = asyncio.run(rebuild_with_progress(settings, command, args.timeout, console))
+    return 0 if print_reports(reports, console) else 1
 
-    async def run() -> bool:
-        async with SearchClient(settings) as client:
-            print(f"rebuilding {args.feature} from the {args.source} (progress in indexer logs)")
-            reports = await client.rebuild(command, timeout=args.timeout)
-        for r in reports:
-            where = ",".join(map(str, r.partitions)) or "-"
-            status = f"{r.images} images in {r.seconds:.2f}s" if r.ok else f"failed: {r.error}"
-            print(f"  partitions {where}: {status}")
-        return bool(reports) and all(r.ok for r in reports)
 
-    return 0 if asyncio.run(run()) else 1
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from producers.replay_events import replay_image_events
+
+    since: datetime | None = args.from_time
+    if since is not None and since.tzinfo is None:
+        since = since.astimezone()  # a time without a zone is local time
+    with Progress() as bar:
+        line = bar.add_task(f"replaying {settings.image_events_topic}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(line, completed=done, total=total)
+
+        count = asyncio.run(replay_image_events(settings, since, args.from_offset, progress))
+    print(f"published {count:,} image events again; extractors describe those objects anew")
+    return 0
 
 
 def cmd_upload(settings: Settings, args: argparse.Namespace) -> int:

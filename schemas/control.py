@@ -33,6 +33,9 @@ class RebuildCommand(Message):
     command: Literal["rebuild"] = "rebuild"
     feature: str
     source: RebuildSource = RebuildSource.STORE
+    allow_shrink: bool = Field(
+        False, description="topic: replace the index even if the topic holds fewer images"
+    )
 
 
 class ReconcileCommand(Message):
@@ -91,6 +94,7 @@ class ControlReport(Message):
 class RebuildReport(ControlReport):
     feature: str
     source: RebuildSource
+    records: int = Field(0, description="topic: feature events replayed")
     images: int = 0
     seconds: float = 0.0
 
@@ -120,6 +124,9 @@ class IndexerStatus(ControlReport):
     records_read: int = 0
     dead_letters: int = 0
     last_reconcile: ReconcileReport | None = None
+    rebuilding: dict[str, int] = Field(
+        default_factory=dict, description="feature -> events replayed so far (topic rebuilds)"
+    )
     recall: dict[str, float] = Field(
         default_factory=dict,
         description="feature -> recall@10 measured on recent sample queries (approximate "

@@ -17,7 +17,7 @@ import asyncio
 from functools import partial
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -101,3 +101,18 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     if not partitions:
         raise RuntimeError(f"topic {topic} does not exist; run `lookalike create-topics`")
     return sorted(partitions)
+
+
+async def end_of_log(consumer: AIOKafkaConsumer, tp: TopicPartition, reported: int) -> int:
+    """The offset after the last record of `tp`, at least `reported` (the broker's end
+    offset). `consumer` is a probe of its own: it is assigned `tp` and read from just below
+    `reported`, because some brokers report the start of the last batch, not its end."""
+    consumer.assign([tp])
+    consumer.seek(tp, max(0, reported - 1))
+    end = reported
+    while True:
+        batch = await consumer.getmany(tp, timeout_ms=300)
+        records = batch.get(tp, [])
+        if not records:
+            return end
+        end = max(end, records[-1].offset + 1)

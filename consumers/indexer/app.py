@@ -87,6 +87,14 @@ async def run_indexer(
         )
         if ingest_task.done():
             ingest_task.result()  # raise why it stopped
+        # Answer only once caught up with what the topics held when we joined (a new replica
+        # replays them first; other replicas answer meanwhile).
+        await asyncio.wait(
+            [ingest_task, asyncio.create_task(ingest.catch_up())],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if ingest_task.done():
+            ingest_task.result()
         engine.partitions = reconciler.partitions = ingest.served_partitions
         engine.partition_count = reconciler.partition_count = ingest.partition_count
         await serving.start(ingest.log_watch.cluster_id)

@@ -20,6 +20,7 @@ import structlog
 
 from consumers.indexer.ingest import IngestService
 from consumers.indexer.reconcile import Reconciler
+from consumers.indexer.replay import ShrinkRefused, TopicRebuild
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
 from index_store.recall import RecallKeeper
@@ -59,6 +60,8 @@ class ControlService:
         reconciler: Reconciler,
         recall: Mapping[str, RecallKeeper] | None = None,
     ) -> None:
+        self._settings = ingest.settings
+        self._replays: dict[str, TopicRebuild] = {}  # running topic rebuilds, by feature
         self._recall = recall or {}
         self._store = store
         self._indexes = indexes
@@ -82,6 +85,35 @@ class ControlService:
             return await self.status()
         return await self.inventory(command)
 
+    async def _rebuild_from_topic(
+        self, command: RebuildCommand, index: FeatureIndex, report: RebuildReport
+    ) -> RebuildReport:
+        replay = TopicRebuild(
+            self._settings,
+            self._ingest.specs[command.feature],
+            index,
+            self._store,
+            self._ingest.served_partitions,
+            self._ingest.pause(command.feature),
+        )
+        self._replays[command.feature] = replay
+        try:
+            result = await replay.run(command.allow_shrink)
+        except ShrinkRefused as exc:
+            log.warning("rebuild.refused", index=index.name, why=str(exc))
+            return report.model_copy(update={"error": str(exc), "records": replay.progress.records})
+        finally:
+            del self._replays[command.feature]
+        await asyncio.to_thread(index.checkpoint)
+        return report.model_copy(
+            update={
+                "ok": True,
+                "records": result.records,
+                "images": result.images,
+                "seconds": result.seconds,
+            }
+        )
+
     async def reconcile(self, command: ReconcileCommand) -> ReconcileReport:
         report = await self._reconciler.run(command.reason, command.grace_s)
         return report.model_copy(update=self._shard())
@@ -102,6 +134,7 @@ class ControlService:
             records_read=self._ingest.records_read,
             dead_letters=self._ingest.dead_letters,
             last_reconcile=last,
+            rebuilding={f: r.progress.records for f, r in self._replays.items()},
             recall={
                 name: keeper.last.recall
                 for name, keeper in self._recall.items()
@@ -133,11 +166,11 @@ class ControlService:
         index = self._indexes.get(command.feature)
         if index is None:
             return report.model_copy(update={"error": f"no index for {command.feature!r} here"})
-        if command.source is RebuildSource.TOPIC:
-            reason = "start a replica with an empty LOOKALIKE_INDEX_PATH: it replays the topic"
-            return report.model_copy(update={"error": reason})
         if self._rebuilding.locked():
             return report.model_copy(update={"error": "a rebuild is already running"})
+        if command.source is RebuildSource.TOPIC:
+            async with self._rebuilding:
+                return await self._rebuild_from_topic(command, index, report)
         async with self._rebuilding:
             started = time.perf_counter()
             log.info("rebuild.started", index=index.name, source=command.source.value)

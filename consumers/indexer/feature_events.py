@@ -13,6 +13,7 @@ Kafka in sight (ingest.py does the consuming; this is what its stage does with a
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Protocol
@@ -94,9 +95,15 @@ class FeatureEventApplier:
         self._alerts = alerts
         self.records_read = 0
         self.rejected = 0  # dead-lettered here
+        # Held by a rebuild from the topic while it swaps the feature's store (replay.py).
+        self.pauses: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def apply(self, tp: TopicPartition, records: list[Record]) -> None:
         feature = tp.topic.removeprefix(self._settings.features_topic_prefix)
+        async with self.pauses[feature]:
+            await self._apply(feature, tp, records)
+
+    async def _apply(self, feature: str, tp: TopicPartition, records: list[Record]) -> None:
         spec, index = self._specs[feature], self._indexes[feature]
         changes: list[Change] = []
         traces: dict[str, str | None] = {}

@@ -26,11 +26,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.feature_events import FeatureEventApplier, KafkaAlerts, offset_name
 from consumers.kafka.dead_letters import DeadLetterSink
-from consumers.kafka.log_watch import LogWatch, end_of_log
+from consumers.kafka.log_watch import LogWatch
 from consumers.kafka.runner import Batch, ConsumeLoop
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore
-from schemas.kafka import make_consumer, make_producer
+from schemas.kafka import end_of_log, make_consumer, make_producer
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,19 @@ class IngestService:
         self.served_partitions: list[int] = []  # known once assigned
         self.partition_count = 0
         self.assigned: list[TopicPartition] = []
+
+    @property
+    def specs(self) -> Mapping[str, FeatureSpec]:
+        return self._specs
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def pause(self, feature: str) -> asyncio.Lock:
+        """Held, no feature event of `feature` is applied (the rest of ingest goes on)."""
+        assert self._applier is not None, "ingest has not started"
+        return self._applier.pauses[feature]
 
     @property
     def records_read(self) -> int:
@@ -114,6 +127,38 @@ class IngestService:
             offset_name(tp): max(0, ends[tp] - stored.get(offset_name(tp), 0))
             for tp in self.assigned
         }
+
+    async def catch_up(self, report_every_s: float = 2.0) -> None:
+        """Return once everything the topics held when this indexer joined is applied, with
+        a progress line meanwhile: a new replica (empty store) answers only when caught up,
+        never with part of the index while it replays the topics."""
+        consumer = self._consumer
+        if consumer is None or not self.assigned:
+            return
+        ends = await consumer.end_offsets(self.assigned)
+        started = asyncio.get_running_loop().time()
+        first_behind: int | None = None
+        while True:
+            stored = self._store.offsets()
+            behind = sum(max(0, ends[tp] - stored.get(offset_name(tp), 0)) for tp in self.assigned)
+            if first_behind is None:
+                first_behind = behind
+            if behind == 0:
+                if first_behind:
+                    log.info(
+                        "ingest.caught_up",
+                        records=first_behind,
+                        seconds=round(asyncio.get_running_loop().time() - started, 1),
+                    )
+                return
+            done = first_behind - behind
+            log.info(
+                "ingest.catching_up",
+                records_behind=behind,
+                applied=done,
+                percent=round(100 * done / max(first_behind, 1), 1),
+            )
+            await asyncio.sleep(report_every_s)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         s = self._settings

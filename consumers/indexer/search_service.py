@@ -18,7 +18,7 @@ from faststream.message import StreamMessage
 
 from consumers.indexer.control import ControlService
 from consumers.indexer.query import QueryEngine, error_reply
-from schemas.control import ControlReport, parse_command
+from schemas.control import ControlReport, RebuildCommand, parse_command
 from schemas.dead_letter import DeadLetter
 from schemas.kafka import MAX_FETCH_BYTES, producer_options
 from schemas.message import MessageError
@@ -128,6 +128,22 @@ def build_search_broker(
             unanswered.add(task)
             task.add_done_callback(unanswered.discard)
             return None
+        if isinstance(parsed, RebuildCommand):
+            # Long: answered when done, so status commands (progress) are answered meanwhile.
+            later = asyncio.create_task(answer_later(parsed, message.reply_to, message))
+            unanswered.add(later)
+            later.add_done_callback(unanswered.discard)
+            message.reply_to = ""
+            return None
         return (await control.answer(parsed)).to_bytes()
+
+    async def answer_later(
+        parsed: RebuildCommand, reply_to: str, message: KafkaMessage
+    ) -> ControlReport:
+        report = await control.answer(parsed)
+        await broker.publish(
+            report.to_bytes(), topic=reply_to, correlation_id=message.correlation_id
+        )
+        return report
 
     return broker

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.kafka import cluster_id, make_admin
 from schemas.settings import Settings
@@ -56,18 +55,3 @@ class LogWatch:
             if before is not None:
                 return f"the broker's cluster id changed from {before} to {current}"
         return None
-
-
-async def end_of_log(consumer: AIOKafkaConsumer, tp: TopicPartition, reported: int) -> int:
-    """The offset after the last record of `tp`, at least `reported` (the broker's end
-    offset). `consumer` is a probe of its own: it is assigned `tp` and read from just below
-    `reported`, because some brokers report the start of the last batch, not its end."""
-    consumer.assign([tp])
-    consumer.seek(tp, max(0, reported - 1))
-    end = reported
-    while True:
-        batch = await consumer.getmany(tp, timeout_ms=300)
-        records = batch.get(tp, [])
-        if not records:
-            return end
-        end = max(end, records[-1].offset + 1)
