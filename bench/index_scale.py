@@ -793,6 +793,10 @@ def run_worker(args: argparse.Namespace, role: str, extra: list[str]) -> Result:
         str(args.m),
         "--ef-construction",
         str(args.ef_construction),
+        "--train-size",
+        str(args.train_size),
+        "--hold-out-every",
+        str(args.hold_out_every),
         *extra,
     ]
     started = time.perf_counter()
