@@ -68,7 +68,9 @@ async def run(stack: Stack, count: int, rate: float) -> None:
     await listener.stop()
     async with SearchClient(settings) as client:
         sample = sorted(uploaded)[:: max(1, count // 20)]
-        replies = [await client.search(SearchRequest(image_id=i, k=1)) for i in sample]
+        replies = [
+            await client.search(SearchRequest(feature="phash", image_id=i, k=1)) for i in sample
+        ]
     searchable = sum(r.ok for r in replies)
 
     print(

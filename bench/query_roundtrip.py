@@ -42,8 +42,12 @@ async def run(stack: Stack, images: int, queries: int) -> None:
     await listener.stop()
 
     requests = {
-        "by id": [SearchRequest(image_id=ids[i % images], k=10) for i in range(queries)],
-        "by image": [SearchRequest(image=pictures[i % images], k=10) for i in range(queries)],
+        "by id": [
+            SearchRequest(feature="phash", image_id=ids[i % images], k=10) for i in range(queries)
+        ],
+        "by image": [
+            SearchRequest(feature="phash", image=pictures[i % images], k=10) for i in range(queries)
+        ],
     }
     # The same index, opened in this process: LMDB allows readers beside the indexer.
     store = FeatureStore(settings.index_dir / "store")

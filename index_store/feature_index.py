@@ -241,6 +241,13 @@ class FeatureIndex:
     def record(self, image_id: str) -> ImageRecord | None:
         return self._store.record(self.name, image_id)
 
+    def records_of(self, image_ids: Sequence[str]) -> list[ImageRecord | None]:
+        return self._store.records_of(self.name, image_ids)
+
+    def vectors_of(self, image_ids: Sequence[str]) -> list[bytes | None]:
+        """The exact stored vectors (the store of record's, not the engine's)."""
+        return self._store.vectors_of(self.name, image_ids)
+
     def search(
         self,
         queries: Sequence[bytes],

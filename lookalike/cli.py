@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--image", type=Path, help="an image file")
     what.add_argument("--id", dest="image_id", help="an indexed bucket/key")
     what.add_argument("--text", help="a text query (features with a text tower)")
-    p.add_argument("--feature", default="phash")
+    p.add_argument("--feature", default="all", help="a feature, or 'all' (fused, default)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--max-distance", type=float)
     p.set_defaults(func=cmd_search)

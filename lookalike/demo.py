@@ -13,7 +13,7 @@ from lookalike.samples import COPY_TRANSFORMS, jpeg, photos
 from lookalike.stack import Stack
 from producers.search_client import SearchClient
 from producers.uploads import upload_bytes
-from schemas.search import SearchErrorCode, SearchReply, SearchRequest
+from schemas.search import ALL_FEATURES, SearchErrorCode, SearchReply, SearchRequest
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,7 @@ async def wait_until_indexed(
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"{len(pending)} images still not indexed after {timeout}s")
             for image_id in sorted(pending):
-                reply = await client.search(SearchRequest(image_id=image_id, k=1))
+                reply = await client.search(SearchRequest(feature="phash", image_id=image_id, k=1))
                 if reply.error_code is not SearchErrorCode.NOT_FOUND:
                     pending.discard(image_id)
             if pending:
@@ -56,9 +56,16 @@ def print_reply(title: str, reply: SearchReply) -> None:
     if not reply.ok:
         print(f"  error ({reply.error_code}): {reply.error}")
         return
-    print(f"  {'rank':>4}  {'distance':>8}  image")
-    for rank, hit in enumerate(reply.hits, 1):
-        print(f"  {rank:>4}  {hit.distance:>8.0f}  {hit.image_id}")
+    if reply.feature == ALL_FEATURES:
+        print(f"  {'rank':>4}  {'verdict':<9}  {'score':>6}  image  (distance per feature)")
+        for rank, hit in enumerate(reply.hits, 1):
+            verdict = hit.verdict.value if hit.verdict else "-"
+            each = ", ".join(f"{f} {d:.3g}" for f, d in sorted(hit.distances.items()))
+            print(f"  {rank:>4}  {verdict:<9}  {hit.distance:>6.2f}  {hit.image_id}  ({each})")
+    else:
+        print(f"  {'rank':>4}  {'distance':>8}  image")
+        for rank, hit in enumerate(reply.hits, 1):
+            print(f"  {rank:>4}  {hit.distance:>8.0f}  {hit.image_id}")
     took = f"{reply.took_ms:.1f} ms in the indexer"
     print(f"  ({len(reply.hits)} hits of {reply.indexed} indexed, {took})")
 
@@ -67,11 +74,13 @@ async def query_examples(settings: Settings, uploads: dict[str, bytes]) -> None:
     async with SearchClient(settings) as client:
         image = uploads["samples/astronaut.jpg"]
         reply = await client.search(SearchRequest(image=image, k=5))
-        print_reply("Query by image bytes: samples/astronaut.jpg", reply)
+        print_reply("Query by image bytes, every feature fused: samples/astronaut.jpg", reply)
         reply = await client.search(
             SearchRequest(image_id=f"{settings.bucket}/copies/coffee-resized.jpg", k=3)
         )
         print_reply("Query by id: images/copies/coffee-resized.jpg", reply)
+        reply = await client.search(SearchRequest(text="an astronaut in a space suit", k=3))
+        print_reply("Query by text (CLIP; random weights here, so the ranking means little)", reply)
 
 
 def run_demo(stack: Stack, keep_running: bool) -> None:

@@ -252,7 +252,9 @@ async def _probe_search(
                 if not proc.alive() and not (supervised and proc.wanted):
                     raise RuntimeError(f"{proc.name} exited; see {proc.log_path}")
             try:
-                reply = await client.search(SearchRequest(image_id="-probe-"), timeout=1.0)
+                reply = await client.search(
+                    SearchRequest(feature="phash", image_id="-probe-"), timeout=1.0
+                )
             except SearchTimeout:
                 continue
             if not reply.partial:

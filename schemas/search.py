@@ -6,6 +6,11 @@ and each answers for the feature partitions it serves (its shard): replies go to
 with the same `correlation_id` header, and the caller merges them into one top-k, marking the
 result partial if some partitions did not answer before its deadline.
 Exactly one of `image_id`, `image`, `text` or `vector` names the query.
+
+`feature="all"` (the default) asks every feature index at once: each hit carries its distance
+in every feature, a fused rank (`distance` is the fused score: smaller is closer) and a
+verdict: `exact` (the same bytes), `copy` (a copy feature within its threshold), `similar`
+(CLIP or colour within theirs) or `unrelated`.
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ from pydantic import Field, model_validator
 
 from schemas.message import Message
 
+ALL_FEATURES = "all"
+
+
+class Verdict(StrEnum):
+    EXACT = "exact"
+    COPY = "copy"
+    SIMILAR = "similar"
+    UNRELATED = "unrelated"
+
 
 class SearchRequest(Message):
     schema_version: Literal[1] = 1
-    feature: str = "phash"
+    feature: str = Field(ALL_FEATURES, description="a feature name, or 'all' (fused)")
     k: int = Field(10, ge=1, le=1000)
     max_distance: float | None = Field(None, ge=0)
     image_id: str | None = Field(None, description="an indexed bucket/key")
@@ -51,8 +65,12 @@ class SearchHit(Message):
     image_id: str
     bucket: str
     key: str
-    distance: float
+    distance: float = Field(description="in the feature's metric; for 'all', the fused score")
     etag: str | None = None
+    distances: dict[str, float] = Field(
+        default_factory=dict, description="'all': the distance in every feature"
+    )
+    verdict: Verdict | None = Field(None, description="'all': exact, copy, similar, unrelated")
 
 
 class SearchReply(Message):

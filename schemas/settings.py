@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         "vectors it is trained on, or full when that is most of them); candidates are "
         "re-ranked with the exact vectors",
     )
+    fusion_rule: Literal["calibrated", "rrf"] = Field(
+        "calibrated",
+        description="how feature='all' ranks: distances over each feature's threshold, or "
+        "reciprocal rank fusion (BENCHMARKS.md, 'Fused search')",
+    )
     recall_target: float = Field(
         0.95, gt=0, le=1, description="recall@10 each approximate index keeps (measured)"
     )

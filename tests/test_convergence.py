@@ -184,7 +184,7 @@ async def test_a_reply_to_naming_a_data_topic_is_dead_lettered_not_answered(
     try:
         await producer.send_and_wait(
             settings.search_requests_topic,
-            SearchRequest(image_id="images/none.jpg").to_bytes(),
+            SearchRequest(feature="phash", image_id="images/none.jpg").to_bytes(),
             headers=[("correlation_id", correlation_id.encode()), ("reply_to", target.encode())],
         )
     finally:

@@ -92,11 +92,11 @@ async def test_two_extractors_split_the_work_and_index_each_image_once(
     async with SearchClient(settings) as search:
         for image_id in ids:
             await eventually(
-                partial(search.search, SearchRequest(image_id=image_id, k=1)),
+                partial(search.search, SearchRequest(feature="phash", image_id=image_id, k=1)),
                 lambda r: r.ok,
                 timeout=60,
             )
-        total = (await search.search(SearchRequest(image_id=ids[0], k=1))).indexed
+        total = (await search.search(SearchRequest(feature="phash", image_id=ids[0], k=1))).indexed
     assert total == len(ids)
     upserts = await feature_upserts(stack)
     assert set(upserts) == set(ids)

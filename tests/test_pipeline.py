@@ -27,7 +27,7 @@ def unique(name: str) -> str:
 
 
 async def by_id(search: SearchClient, image_id: str, k: int = 5) -> SearchReply:
-    return await search.search(SearchRequest(image_id=image_id, k=k))
+    return await search.search(SearchRequest(feature="phash", image_id=image_id, k=k))
 
 
 async def until_indexed(search: SearchClient, image_id: str) -> SearchReply:
@@ -35,7 +35,7 @@ async def until_indexed(search: SearchClient, image_id: str) -> SearchReply:
 
 
 async def by_image(search: SearchClient, data: bytes, k: int = 5) -> SearchReply:
-    return await search.search(SearchRequest(image=data, k=k))
+    return await search.search(SearchRequest(feature="phash", image=data, k=k))
 
 
 def ids(reply: SearchReply) -> list[str]:
@@ -198,5 +198,5 @@ async def test_malformed_request_gets_an_error_reply(search: SearchClient) -> No
 
 
 async def test_text_query_on_hash_feature_is_refused_clearly(search: SearchClient) -> None:
-    reply = await search.search(SearchRequest(text="a red bicycle"))
+    reply = await search.search(SearchRequest(feature="phash", text="a red bicycle"))
     assert reply.error_code is SearchErrorCode.UNSUPPORTED

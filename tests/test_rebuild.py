@@ -26,8 +26,10 @@ async def test_rebuild_while_querying(s3: Minio, settings: Settings, search: Sea
     for i, data in enumerate(images):
         upload_bytes(s3, settings.bucket, f"{prefix}/{i}.jpg", data)
     target = f"{settings.bucket}/{prefix}/5.jpg"
-    await eventually(lambda: search.search(SearchRequest(image_id=target)), lambda r: r.ok)
-    query = SearchRequest(image=images[5], k=1)
+    await eventually(
+        lambda: search.search(SearchRequest(feature="phash", image_id=target)), lambda r: r.ok
+    )
+    query = SearchRequest(feature="phash", image=images[5], k=1)
 
     answers: list[str] = []
     done = asyncio.Event()

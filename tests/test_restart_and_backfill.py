@@ -142,7 +142,9 @@ async def test_kill_during_indexing_loses_nothing_and_counts_nothing_twice(
     prefix = f"crash-{uuid.uuid4().hex[:6]}"
     before = await eventually(lambda: by_id(search, "-probe-"), lambda r: r is not None)
     assert before is not None
-    start_count = (await search.search(SearchRequest(image=jpeg(photo("moon")), k=1))).indexed
+    start_count = (
+        await search.search(SearchRequest(feature="phash", image=jpeg(photo("moon")), k=1))
+    ).indexed
     images = distinct_jpegs(30, size=(320, 240), seed=31)
     for i, data in enumerate(images):
         upload_bytes(s3, settings.bucket, f"{prefix}/{i:02d}.jpg", data)
@@ -153,5 +155,5 @@ async def test_kill_during_indexing_loses_nothing_and_counts_nothing_twice(
     await stack.serving()
     for i in range(len(images)):
         await eventually(partial(by_id, search, f"{settings.bucket}/{prefix}/{i:02d}.jpg"), found)
-    after = await search.search(SearchRequest(image=jpeg(photo("moon")), k=1))
+    after = await search.search(SearchRequest(feature="phash", image=jpeg(photo("moon")), k=1))
     assert after.indexed == start_count + len(images)  # each image once

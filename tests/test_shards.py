@@ -47,7 +47,9 @@ def ids(reply: SearchReply) -> list[tuple[str, float]]:
 
 async def test_every_shard_answers_and_results_merge(sharded: Stack) -> None:
     async with SearchClient(sharded.settings) as search:
-        query = SearchRequest(image=distinct_jpegs(1, size=(320, 240), seed=11)[0], k=COUNT)
+        query = SearchRequest(
+            feature="phash", image=distinct_jpegs(1, size=(320, 240), seed=11)[0], k=COUNT
+        )
         reply = await eventually(
             lambda: search.search(query), lambda r: r.ok and r.indexed == COUNT, timeout=60
         )
@@ -70,18 +72,20 @@ async def test_two_shards_give_the_same_results_as_one_index(sharded: Stack) -> 
     )[:5]
     async with SearchClient(sharded.settings) as search:
         await eventually(
-            lambda: search.search(SearchRequest(image=query, k=1)),
+            lambda: search.search(SearchRequest(feature="phash", image=query, k=1)),
             lambda r: r.indexed == COUNT,
             timeout=60,
         )
-        reply = await search.search(SearchRequest(image=query, k=5))
+        reply = await search.search(SearchRequest(feature="phash", image=query, k=5))
     assert ids(reply) == [(i, float(d)) for d, i in expected]
 
 
 async def test_query_by_id_searches_every_shard(sharded: Stack) -> None:
     async with SearchClient(sharded.settings) as search:
         reply = await eventually(
-            lambda: search.search(SearchRequest(image_id="images/sh/003.jpg", k=COUNT)),
+            lambda: search.search(
+                SearchRequest(feature="phash", image_id="images/sh/003.jpg", k=COUNT)
+            ),
             lambda r: r.ok and len(r.hits) == COUNT - 1,
             timeout=60,
         )
@@ -96,7 +100,9 @@ async def test_a_stopped_shard_gives_a_partial_reply_within_the_deadline(sharded
         async with SearchClient(sharded.settings) as search:
             started = time.monotonic()
             reply = await search.search(
-                SearchRequest(image=distinct_jpegs(1, size=(320, 240), seed=11)[0], k=COUNT),
+                SearchRequest(
+                    feature="phash", image=distinct_jpegs(1, size=(320, 240), seed=11)[0], k=COUNT
+                ),
                 timeout=1.5,
             )
             waited = time.monotonic() - started
@@ -114,7 +120,9 @@ async def test_one_replica_down_still_gives_complete_replies(sharded: Stack) -> 
     sharded.indexers[(0, 0)].kill()
     try:
         async with SearchClient(sharded.settings) as search:
-            reply = await search.search(SearchRequest(image_id="images/sh/001.jpg", k=COUNT))
+            reply = await search.search(
+                SearchRequest(feature="phash", image_id="images/sh/001.jpg", k=COUNT)
+            )
         assert reply.ok and not reply.partial and len(reply.hits) == COUNT - 1
     finally:
         sharded.start_indexer(0, 0, wait=False)

@@ -188,7 +188,9 @@ async def upload_and_find(stack: Stack, prefix: str, count: int = 3) -> None:
 async def found(search: SearchClient, image_id: str) -> bool:
     """False while not indexed, or while no indexer answers (one is restarting)."""
     try:
-        return (await search.search(SearchRequest(image_id=image_id, k=1), timeout=2.0)).ok
+        return (
+            await search.search(SearchRequest(feature="phash", image_id=image_id, k=1), timeout=2.0)
+        ).ok
     except SearchTimeout:
         return False
 

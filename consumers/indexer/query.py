@@ -3,14 +3,25 @@ the search service calls it from a worker thread. Always returns a reply, never 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 
+from PIL import Image
+
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
+from consumers.indexer.fusion import Candidate, gather, rank
 from index_store.feature_index import FeatureIndex, Neighbour
+from index_store.lmdb_store import ImageRecord
 from schemas.metrics import SEARCH_ERRORS, SEARCH_SECONDS
-from schemas.search import SearchErrorCode, SearchHit, SearchReply, SearchRequest
+from schemas.search import (
+    ALL_FEATURES,
+    SearchErrorCode,
+    SearchHit,
+    SearchReply,
+    SearchRequest,
+)
 from schemas.settings import Settings
 
 
@@ -37,6 +48,8 @@ class QueryEngine:
     def answer(self, request: SearchRequest) -> SearchReply:
         started = time.perf_counter()
         try:
+            if request.feature == ALL_FEATURES:
+                return self._timed(request, started, self._fused(request))
             index = self._index_for(request.feature)
             queries, exclude = self._query_vectors(request, self._specs[request.feature], index)
             found = index.search(queries, request.k, request.max_distance, exclude)
@@ -53,12 +66,95 @@ class QueryEngine:
             reply = error_reply(request.feature, exc.code, str(exc)).model_copy(
                 update={"partitions": self.partitions, "partition_count": self.partition_count}
             )
+        return self._timed(request, started, reply)
+
+    def _timed(self, request: SearchRequest, started: float, reply: SearchReply) -> SearchReply:
         took = time.perf_counter() - started
         SEARCH_SECONDS.labels(feature=request.feature).observe(took)
         if not reply.ok:
             code = reply.error_code.value if reply.error_code else "unknown"
             SEARCH_ERRORS.labels(feature=request.feature, code=code).inc()
         return reply.model_copy(update={"took_ms": took * 1000})
+
+    def _fused(self, request: SearchRequest) -> SearchReply:
+        """Every feature index asked, one ranked answer with verdicts (fusion.py)."""
+        try:
+            queries, exclude, query_etag = self._fused_queries(request)
+        except QueryError as exc:
+            return self._shard_reply(error_reply(ALL_FEATURES, exc.code, str(exc)))
+        pool = max(2 * request.k, 10)
+        candidates = gather(self._specs, self._indexes, queries, pool, exclude)
+        any_index = self._indexes[next(iter(queries))]
+        ids = sorted(candidates)
+        records = dict(zip(ids, any_index.records_of(ids), strict=True))
+        etags = {i: r.etag if r else None for i, r in records.items()}
+        ranked = rank(
+            candidates, self._specs, self._settings.fusion_rule, query_etag, etags, request.k
+        )
+        if request.max_distance is not None:
+            ranked = [c for c in ranked if c.score <= request.max_distance]
+        hits = [fused_hit(c, records.get(c.image_id)) for c in ranked]
+        return self._shard_reply(
+            SearchReply(
+                ok=True,
+                feature=ALL_FEATURES,
+                hits=hits,
+                indexed=max(len(i) for i in self._indexes.values()),
+            )
+        )
+
+    def _fused_queries(
+        self, request: SearchRequest
+    ) -> tuple[dict[str, list[bytes]], list[str], str | None]:
+        """Per feature, the query's vectors (the image decoded once); what to leave out; the
+        query's eTag (same bytes: an exact match)."""
+        exclude = list(request.exclude)
+        if request.image_id is not None:
+            found = {
+                name: index.vectors_of([request.image_id])[0]
+                for name, index in self._indexes.items()
+            }
+            queries = {name: [v] for name, v in found.items() if v is not None}
+            if not queries:
+                raise QueryError(
+                    SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in any index"
+                )
+            record = self._indexes[next(iter(queries))].record(request.image_id)
+            return queries, [*exclude, request.image_id], record.etag if record else None
+        if request.image is not None:
+            image = self._decoded(request.image)
+            keep = slice(None) if request.include_mirrored else slice(1)
+            queries = {n: s.query_vectors(image)[keep] for n, s in self._specs.items()}
+            return queries, exclude, hashlib.md5(request.image).hexdigest()
+        if request.text is not None:
+            queries = {
+                name: [spec.describe_text(request.text)]
+                for name, spec in self._specs.items()
+                if spec.describe_text is not None
+            }
+            if not queries:
+                raise QueryError(SearchErrorCode.UNSUPPORTED, "no feature here searches by text")
+            return queries, exclude, None
+        raise QueryError(
+            SearchErrorCode.UNSUPPORTED, "a raw vector belongs to one feature: name it"
+        )
+
+    def _decoded(self, data: bytes) -> Image.Image:
+        limit = self._settings.max_query_image_bytes
+        if len(data) > limit:
+            raise QueryError(
+                SearchErrorCode.TOO_LARGE,
+                f"query image is {len(data):,} bytes; the limit is {limit:,}",
+            )
+        try:
+            return decode_image(data, max_pixels=self._settings.max_image_pixels)
+        except UndecodableImage as exc:
+            raise QueryError(SearchErrorCode.BAD_IMAGE, f"query image: {exc}") from exc
+
+    def _shard_reply(self, reply: SearchReply) -> SearchReply:
+        return reply.model_copy(
+            update={"partitions": self.partitions, "partition_count": self.partition_count}
+        )
 
     def _index_for(self, feature: str) -> FeatureIndex:
         index = self._indexes.get(feature)
@@ -89,17 +185,7 @@ class QueryEngine:
                 )
             return [request.vector], exclude
         if request.image is not None:
-            limit = self._settings.max_query_image_bytes
-            if len(request.image) > limit:
-                raise QueryError(
-                    SearchErrorCode.TOO_LARGE,
-                    f"query image is {len(request.image):,} bytes; the limit is {limit:,}",
-                )
-            try:
-                image = decode_image(request.image, max_pixels=self._settings.max_image_pixels)
-            except UndecodableImage as exc:
-                raise QueryError(SearchErrorCode.BAD_IMAGE, f"query image: {exc}") from exc
-            vectors = spec.query_vectors(image)
+            vectors = spec.query_vectors(self._decoded(request.image))
             return (vectors if request.include_mirrored else vectors[:1]), exclude
         assert request.text is not None  # SearchRequest holds exactly one query
         if spec.describe_text is None:
@@ -119,6 +205,19 @@ def to_hit(n: Neighbour) -> SearchHit:
         key=record.key if record else key,
         distance=n.distance,
         etag=record.etag if record else None,
+    )
+
+
+def fused_hit(c: Candidate, record: ImageRecord | None) -> SearchHit:
+    bucket, _, key = c.image_id.partition("/")
+    return SearchHit(
+        image_id=c.image_id,
+        bucket=record.bucket if record else bucket,
+        key=record.key if record else key,
+        distance=c.score,
+        etag=record.etag if record else None,
+        distances=c.distances,
+        verdict=c.verdict,
     )
 
 
