@@ -149,6 +149,8 @@ class Stack:
             env = {
                 "LOOKALIKE_SHARD_PARTITIONS": ",".join(map(str, self.shard_partitions(shard))),
                 "LOOKALIKE_INDEX_PATH": str(self.data_dir / "index" / f"s{shard}-r{replica}"),
+                # One replica per shard publishes alerts: one alert per image.
+                "LOOKALIKE_PUBLISH_ALERTS": "true" if replica == 0 else "false",
             }
         with self._lock:
             old = self.indexers.get((shard, replica))

@@ -22,6 +22,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         settings.search_requests_topic: (p, {}),
         settings.search_replies_topic: (p, {}),
         settings.similarity_results_topic: (p, {}),
+        settings.image_alerts_topic: (p, {}),
         settings.dead_letter_topic: (1, {}),
         settings.control_topic: (1, {}),
     }

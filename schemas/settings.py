@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     search_requests_topic: str = "lookalike.search.requests"
     search_replies_topic: str = "lookalike.search.replies"
     similarity_results_topic: str = "lookalike.similarity-results"
+    image_alerts_topic: str = "lookalike.image-alerts"
+    image_alert_deadline_s: float = Field(
+        30.0, gt=0, description="publish an image's alert partial if a feature is this late"
+    )
+    publish_alerts: bool = Field(
+        True, description="this indexer publishes alerts (one replica per shard does)"
+    )
     dead_letter_topic: str = "lookalike.dead-letter"
     control_topic: str = "lookalike.control"
     extractor_group: str = "lookalike-extractor"

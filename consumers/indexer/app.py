@@ -15,6 +15,7 @@ from minio import Minio
 
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.control import ControlService
+from consumers.indexer.image_alerts import ImageAlertJoiner
 from consumers.indexer.ingest import IngestService
 from consumers.indexer.query import QueryEngine
 from consumers.indexer.reconcile import Reconciler
@@ -59,6 +60,8 @@ async def run_indexer(
     schedule = ReconcileSchedule(
         reconciler, settings.reconcile_interval_s, settings.reconcile_grace_s
     )
+    engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
+    joiner = ImageAlertJoiner(settings, [spec.name for spec in features], engine, producer)
     ingest = IngestService(
         settings,
         features,
@@ -66,8 +69,8 @@ async def run_indexer(
         store,
         partitions=settings.shard_partition_list,
         reconcile_soon=schedule.soon,
+        on_indexed=joiner.indexed,
     )
-    engine = QueryEngine(settings, {spec.name: spec for spec in features}, indexes)
     keepers = {
         name: RecallKeeper(index, store, target=settings.recall_target)
         for name, index in indexes.items()
@@ -107,6 +110,7 @@ async def run_indexer(
             asyncio.create_task(
                 keep_recall(keepers, settings.recall_check_interval_s, stop), name="recall"
             ),
+            asyncio.create_task(joiner.run_deadlines(stop), name="image-alert-deadlines"),
         ]
         await ingest_task
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 class DeadLetters(Protocol):
     async def send(self, record: Record, reason: str) -> None: ...
+
+
+OnIndexed = Callable[[str, list[Upsert]], Awaitable[None]]
 
 
 class Alerts(Protocol):
@@ -87,7 +90,10 @@ class FeatureEventApplier:
         indexes: Mapping[str, FeatureIndex],
         dead_letters: DeadLetters,
         alerts: Alerts,
+        on_indexed: OnIndexed | None = None,
     ) -> None:
+        """`on_indexed(feature, upserts)`: after the images are searchable (image_alerts.py)."""
+        self._on_indexed = on_indexed
         self._settings = settings
         self._specs = specs  # by feature name
         self._indexes = indexes  # by feature name
@@ -153,9 +159,11 @@ class FeatureEventApplier:
                 trace_id=tracing.trace_id(traces.get(upsert.image_id)),
                 upload_to_searchable_s=None if took is None else round(took, 3),
             )
-        if upserts:
+        if upserts and self._settings.publish_alerts:
             results = await asyncio.to_thread(self._near_duplicates, spec, index, upserts)
             await self._alerts.publish(results, traces)
+        if upserts and self._on_indexed is not None:
+            await self._on_indexed(feature, upserts)
 
     async def _reject(self, record: Record, reason: str) -> None:
         await self._dead_letters.send(record, reason)

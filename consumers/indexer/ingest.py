@@ -24,7 +24,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from consumers.features.contract import FeatureSpec
-from consumers.indexer.feature_events import FeatureEventApplier, KafkaAlerts, offset_name
+from consumers.indexer.feature_events import (
+    FeatureEventApplier,
+    KafkaAlerts,
+    OnIndexed,
+    offset_name,
+)
 from consumers.kafka.dead_letters import DeadLetterSink
 from consumers.kafka.log_watch import LogWatch
 from consumers.kafka.runner import Batch, ConsumeLoop
@@ -45,7 +50,9 @@ class IngestService:
         store: FeatureStore,
         partitions: Sequence[int] | None = None,
         reconcile_soon: Callable[[str], None] = lambda why: None,
+        on_indexed: OnIndexed | None = None,
     ) -> None:
+        self._on_indexed = on_indexed
         self._settings = settings
         self._specs = {spec.name: spec for spec in features}
         self._indexes = indexes
@@ -94,7 +101,12 @@ class IngestService:
         await self.log_watch.start()
         self._dead_letters = DeadLetterSink(producer, s.dead_letter_topic, stage="indexer")
         self._applier = FeatureEventApplier(
-            s, self._specs, self._indexes, self._dead_letters, KafkaAlerts(producer, s)
+            s,
+            self._specs,
+            self._indexes,
+            self._dead_letters,
+            KafkaAlerts(producer, s),
+            self._on_indexed,
         )
         self.loop = ConsumeLoop(
             consumer,
