@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch + torchvision pinned as a pair: this pair loads together (see shared NOTES).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo up test lint bench-deps clean
+.PHONY: install browser demo up test lint bench-deps clean
 
 $(BIN)/lookalike: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ demo: install
 up: install
 	$(BIN)/lookalike up $(ARGS)
 
-test: install
+# The web page test drives Debian's Chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test: install browser
 	$(BIN)/pytest -q $(ARGS)
 
 lint: install

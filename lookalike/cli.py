@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda s, a: _service("run_indexer_service", s))
     p = sub.add_parser("s3-gateway", help="embedded S3 server that publishes bucket events")
     p.add_argument("--port", type=int, required=True)
-    p.set_defaults(func=lambda s, a: _gateway(s, a.port))
+    p.set_defaults(func=lambda s, a: _service_with_port("run_gateway", s, a.port))
+    p = sub.add_parser("http", help="the HTTP API and web page (a Kafka and S3 client)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=lambda s, a: _service_with_port("run_http", s, a.port))
     p = sub.add_parser("create-topics", help="create every topic (idempotent)")
     p.set_defaults(func=cmd_create_topics)
 
@@ -150,10 +153,10 @@ def _service(name: str, settings: Settings) -> int:
     return 0
 
 
-def _gateway(settings: Settings, port: int) -> int:
+def _service_with_port(name: str, settings: Settings, port: int) -> int:
     from lookalike import services
 
-    services.run_gateway(settings, port)
+    getattr(services, name)(settings, port)
     return 0
 
 

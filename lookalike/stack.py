@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from lookalike.embedded import Infrastructure, ManagedProcess
+from lookalike.embedded import Infrastructure, ManagedProcess, free_port
 from lookalike.pools import extractor_pools
 from lookalike.process_table import FILE_NAME as PROCESS_TABLE
 from lookalike.s3 import s3_client
@@ -52,6 +52,8 @@ class Stack:
         self.replicas = replicas
         self.extractors: list[ManagedProcess] = []
         self.indexers: dict[tuple[int, int], ManagedProcess] = {}  # (shard, replica) -> process
+        self.http: ManagedProcess | None = None
+        self.http_port = free_port()
         # Held while the supervisor polls and while the stack changes its processes.
         self._lock = threading.RLock()
         self.supervisor = Supervisor(
@@ -90,7 +92,8 @@ class Stack:
         """Every process of the stack now, broker first (what the supervisor watches)."""
         with self._lock:
             infra = [p for p in (self.infra.broker, self.infra.s3_gateway) if p is not None]
-            return [*infra, *self.extractors, *self.indexers.values()]
+            http = [self.http] if self.http is not None else []
+            return [*infra, *self.extractors, *self.indexers.values(), *http]
 
     def start(self) -> None:
         """Start every process and wait until search answers; then supervise them. If any part
@@ -115,9 +118,23 @@ class Stack:
             for shard in range(self.shards):
                 for replica in range(self.replicas):
                     self.start_indexer(shard, replica, wait=False)
-        self.write_env_file()  # now with every process's /metrics URL
+        self.start_http()
+        self.write_env_file()  # now with every process's /metrics URL and the web page's
         # Fails fast if a process dies while starting; CLIP models load slowly on busy machines.
         self.wait_until_serving(timeout=120.0)
+
+    def start_http(self) -> ManagedProcess:
+        """The HTTP API and web page (`LOOKALIKE_HTTP_URL` in stack.env)."""
+        with self._lock:
+            if self.http is None:
+                self.http = self.infra.lookalike_process("http", f"--port={self.http_port}")
+                self.http.port = self.http_port
+            self.http.start()
+            return self.http
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
 
     def extractor_pools(self) -> list[str]:
         return extractor_pools(self.settings)
@@ -207,7 +224,8 @@ class Stack:
     def stop(self) -> None:
         self.supervisor.stop()
         with self._lock:
-            for proc in [*self.extractors, *self.indexers.values()]:
+            http = [self.http] if self.http is not None else []
+            for proc in [*http, *self.extractors, *self.indexers.values()]:
                 proc.stop()
             self.infra.stop()
             if self.data_dir.exists():
@@ -219,6 +237,7 @@ class Stack:
         """So `lookalike upload/search/status` in another terminal find this stack."""
         path = self.data_dir / ENV_FILE
         lines = [f"{k}={v}" for k, v in self.infra.env.items() if k.startswith("LOOKALIKE_")]
+        lines += [f"LOOKALIKE_HTTP_URL={self.http_url}"] if self.http is not None else []
         lines += [
             f"{metrics_url_variable(name)}={url}"
             for name, url in sorted(self.infra.metrics_urls().items())

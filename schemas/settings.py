@@ -166,6 +166,7 @@ class Settings(BaseSettings):
         None, ge=0, description="serve /metrics on this port (0 = any free one); unset = off"
     )
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
+    http_host: str = Field("127.0.0.1", description="address `lookalike http` listens on")
     otlp_endpoint: str | None = Field(
         None,
         description="export stage spans with OpenTelemetry (OTLP/HTTP), e.g. "
