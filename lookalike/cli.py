@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("http", help="the HTTP API and web page (a Kafka and S3 client)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=lambda s, a: _service_with_port("run_http", s, a.port))
+    p = sub.add_parser("asyncapi", help="write docs/asyncapi.json (every topic and message)")
+    p.set_defaults(func=cmd_asyncapi)
     p = sub.add_parser("create-topics", help="create every topic (idempotent)")
     p.set_defaults(func=cmd_create_topics)
 
@@ -126,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distance", type=float)
     p.set_defaults(func=cmd_search)
     return parser
+
+
+def cmd_asyncapi(settings: Settings, args: argparse.Namespace) -> int:
+    from lookalike.asyncapi import write
+
+    print(f"wrote {write()}")
+    return 0
 
 
 def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:

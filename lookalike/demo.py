@@ -98,6 +98,7 @@ def run_demo(stack: Stack, keep_running: bool) -> None:
         )
         print(f"All {len(uploads)} images searchable {waited:.2f}s after the last upload.")
         asyncio.run(query_examples(settings, uploads))
+        print(f"\nWeb page: {stack.http_url} (search by image or text, live alerts; API at /docs)")
         if keep_running:
             print(
                 "\nThe stack keeps running (Ctrl-C stops it). In another terminal:\n"

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
         "vectors it is trained on, or full when that is most of them); candidates are "
         "re-ranked with the exact vectors",
     )
+    search_batch_max: int = Field(
+        256, ge=1, description="search requests an indexer reads and answers per poll"
+    )
     fusion_rule: Literal["calibrated", "rrf"] = Field(
         "calibrated",
         description="how feature='all' ranks: distances over each feature's threshold, or "

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
+from aiokafka.structs import ConsumerRecord
 from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker, TopicPartition
 from faststream.kafka.annotations import KafkaMessage
@@ -60,9 +62,11 @@ def build_search_broker(
 
     unanswered: set[asyncio.Task[ControlReport]] = set()
 
-    async def dead_letter(message: KafkaMessage, reason: str) -> None:
-        raw = message.raw_message
-        assert not isinstance(raw, tuple)  # single-message subscriber, not a batch
+    async def dead_letter(
+        message: KafkaMessage | ConsumerRecord[bytes, bytes], reason: str
+    ) -> None:
+        raw = message if isinstance(message, ConsumerRecord) else message.raw_message
+        assert not isinstance(raw, tuple)  # one record
         log.warning("dead_letter", stage="search", reason=reason, topic=raw.topic)
         letter = DeadLetter(
             stage="search",
@@ -89,25 +93,55 @@ def build_search_broker(
 
     # Every indexer reads every request partition (no consumer group): a restarted indexer
     # serves at once instead of waiting out a group rebalance, and each shard sees each query.
+    # Requests are answered a poll at a time: one fetch, one hop to a worker thread for the
+    # whole batch, and the replies published together (aiokafka batches concurrent sends).
     @broker.subscriber(
         partitions=[TopicPartition(settings.search_requests_topic, p) for p in request_partitions],
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         auto_offset_reset="latest",
         max_partition_fetch_bytes=MAX_FETCH_BYTES,
+        batch=True,
+        max_records=settings.search_batch_max,
     )
-    async def answer(message: KafkaMessage) -> bytes | None:
-        if await refused_reply_to(message):
-            return None
-        # The raw bytes, not FastStream's JSON decoding: SearchRequest validates them.
-        try:
-            request = SearchRequest.from_bytes(message.body)
-        except MessageError as exc:
-            if not message.reply_to:
-                await dead_letter(message, str(exc))
-                return None
-            return error_reply("unknown", SearchErrorCode.BAD_REQUEST, str(exc)).to_bytes()
-        reply = await asyncio.to_thread(engine.answer, request)
-        return reply.to_bytes()
+    async def answer(message: KafkaMessage) -> None:
+        records = message.raw_message
+        assert isinstance(records, tuple)  # a batch subscriber
+        message.reply_to = ""  # each request is answered below, to its own reply_to
+        requests: list[tuple[SearchRequest, str, str]] = []
+        refused: list[Awaitable[None]] = []
+        for record in records:
+            headers = {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+            reply_to, correlation_id = (
+                headers.get("reply_to", ""),
+                headers.get("correlation_id", ""),
+            )
+            if reply_to and not reply_to.startswith(settings.reply_to_prefix):
+                reason = (
+                    f"reply_to {reply_to!r} is not a reply topic "
+                    f"(allowed: names starting with {settings.reply_to_prefix!r})"
+                )
+                refused.append(dead_letter(record, reason))
+                continue
+            try:
+                requests.append((SearchRequest.from_bytes(record.value), reply_to, correlation_id))
+            except MessageError as exc:
+                if not reply_to:
+                    refused.append(dead_letter(record, str(exc)))
+                    continue
+                bad = error_reply("unknown", SearchErrorCode.BAD_REQUEST, str(exc))
+                refused.append(reply(bad.to_bytes(), reply_to, correlation_id))
+        replies = await asyncio.to_thread(lambda: [engine.answer(r) for r, _, _ in requests])
+        await asyncio.gather(
+            *refused,
+            *(
+                reply(answered.to_bytes(), reply_to, correlation_id)
+                for answered, (_, reply_to, correlation_id) in zip(replies, requests, strict=True)
+                if reply_to
+            ),
+        )
+
+    async def reply(value: bytes, reply_to: str, correlation_id: str) -> None:
+        await broker.publish(value, topic=reply_to, correlation_id=correlation_id)
 
     @broker.subscriber(
         partitions=[TopicPartition(settings.control_topic, p) for p in control_partitions],
