@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from consumers.features.clip_embed import ClipEmbedder
 from lookalike.samples import photo
@@ -48,4 +49,19 @@ def test_every_process_builds_the_same_random_model(clip: ClipEmbedder) -> None:
 
 def test_version_names_model_weights_and_preprocessing(clip: ClipEmbedder) -> None:
     assert clip.version.startswith("clip-ViT-S-32-random-seed0-224px")
-    assert clip.version.endswith("int8dyn-v1")  # CPU: quantised linear layers
+    assert clip.precision == "int8dyn"  # CPU: quantised linear layers
+
+
+def test_every_precision_makes_the_same_vectors_so_they_share_one_index() -> None:
+    """What lets a GPU (float16) extractor feed a CPU (int8) indexer: one version, and
+    vectors close enough to be one index."""
+    pictures = [photo(n) for n in ("coffee", "rocket", "chelsea", "astronaut")]
+    exact = ClipEmbedder("ViT-S-32", None, "cpu", quantize_cpu=False)
+    int8 = ClipEmbedder("ViT-S-32", None, "cpu", quantize_cpu=True)
+    reference = exact.embed_images(pictures)
+    assert exact.version == int8.version
+    assert (reference * int8.embed_images(pictures)).sum(axis=1).min() > 0.999
+    half = ClipEmbedder("ViT-S-32", None, "cpu", quantize_cpu=False)
+    half.model = half.model.to(dtype=torch.float16)  # as on a GPU
+    half.dtype = torch.float16
+    assert (reference * half.embed_images(pictures)).sum(axis=1).min() > 0.999

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from structlog.testing import capture_logs
 
 from consumers.features.catalog import PHASH
 from consumers.indexer.feature_events import FeatureEventApplier
@@ -154,3 +155,21 @@ async def test_delete_and_reject_remove_the_image(
     await applier.apply(TP, [record(2, delete.to_bytes()), record(3, reject.to_bytes())])
     assert len(index) == 0
     assert dict(store.rejections(PHASH.index_name)) == {"images/b.jpg": "e2"}
+
+
+async def test_events_of_another_version_are_dropped_with_a_loud_warning(
+    parts: tuple[FeatureEventApplier, FeatureStore, FeatureIndex, Sink, Alerts],
+) -> None:
+    applier, _, index, sink, _ = parts
+    other = {"feature_version": "phash-some-other-model-v9"}
+    with capture_logs() as logs:
+        await applier.apply(
+            TP,
+            [
+                record(0, upsert("a.jpg", code(1), **other)),
+                record(1, upsert("b.jpg", code(2), **other)),
+            ],
+        )
+    warnings = [e for e in logs if e["event"] == "ingest.other_version_dropped"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"  # once, not per event
+    assert len(index) == 0 and not sink.letters

@@ -11,8 +11,11 @@ Throughput choices (numbers in BENCHMARKS.md):
   normalise on the device, in one batched operation;
 - on CUDA the model runs in float16; on CPU its linear layers are int8 dynamically quantised
   (image tower; cosine 0.9998 to float32, measured) unless `quantize_cpu=False`.
-The version string names the index: model + weights + preprocessing + numeric precision,
-so vectors that are not interchangeable never share an index.
+The version string names the index: model + weights + preprocessing, so vectors that are not
+interchangeable never share an index. Numeric precision is not part of it: float16 on a GPU,
+int8 or float32 on a CPU give vectors within cosine 0.999 of each other
+(tests/test_clip_embed.py), so a GPU extractor feeds the index a CPU indexer serves and encodes
+its queries with.
 """
 
 from __future__ import annotations
@@ -102,11 +105,18 @@ class ClipEmbedder:
         self.tokenizer = open_clip.get_tokenizer(model_name)
         with torch.inference_mode():
             self.dim = int(self.embed_text(["x"]).shape[1])
+        self.precision = precision
         self.version = (
-            f"clip-{model_name}-{weights_tag(pretrained)}-{self.size}px-shortest-bicubic-"
-            f"{precision}-v1"
+            f"clip-{model_name}-{weights_tag(pretrained)}-{self.size}px-shortest-bicubic-v2"
         )
-        log.info("clip.loaded", model=model_name, device=self.device, dim=self.dim, v=self.version)
+        log.info(
+            "clip.loaded",
+            model=model_name,
+            device=self.device,
+            precision=precision,
+            dim=self.dim,
+            v=self.version,
+        )
 
     def prepare(self, img: Image.Image) -> NDArray[np.uint8]:
         return prepare(img, self.size)

@@ -13,6 +13,7 @@ Kafka in sight (ingest.py does the consuming; this is what its stage does with a
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from schemas.settings import Settings
 from schemas.similarity import SimilarityResult
 
 log = structlog.get_logger(__name__)
+
+OTHER_VERSION_WARN_S = 60.0
 
 
 class DeadLetters(Protocol):
@@ -101,6 +104,7 @@ class FeatureEventApplier:
         self._alerts = alerts
         self.records_read = 0
         self.rejected = 0  # dead-lettered here
+        self._warned: dict[str, float] = {}  # feature version -> when last warned about
         # Held by a rebuild from the topic while it swaps the feature's store (replay.py).
         self.pauses: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -125,12 +129,7 @@ class FeatureEventApplier:
             published_ms[event.image_id] = record.timestamp
             uploaded[event.image_id] = event.uploaded_at
             if event.feature_version != spec.version:
-                log.info(
-                    "ingest.other_version",
-                    image_id=event.image_id,
-                    version=event.feature_version,
-                    serving=spec.version,
-                )
+                self._warn_other_version(event, spec)
                 continue
             reason = unusable(event, spec)
             if reason is not None:
@@ -164,6 +163,25 @@ class FeatureEventApplier:
             await self._alerts.publish(results, traces)
         if upserts and self._on_indexed is not None:
             await self._on_indexed(feature, upserts)
+
+    def _warn_other_version(self, event: FeatureEvent, spec: FeatureSpec) -> None:
+        """Loud, once a minute per version: events this index drops are images it lacks."""
+        now = time.monotonic()
+        if (
+            now - self._warned.get(event.feature_version, -OTHER_VERSION_WARN_S)
+            < OTHER_VERSION_WARN_S
+        ):
+            return
+        self._warned[event.feature_version] = now
+        log.warning(
+            "ingest.other_version_dropped",
+            image_id=event.image_id,
+            version=event.feature_version,
+            serving=spec.version,
+            hint="an extractor runs another model, weights or preprocessing than this indexer: "
+            "its images are not indexed here; configure both alike (LOOKALIKE_CLIP_MODEL, "
+            "LOOKALIKE_CLIP_PRETRAINED)",
+        )
 
     async def _reject(self, record: Record, reason: str) -> None:
         await self._dead_letters.send(record, reason)
