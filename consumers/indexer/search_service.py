@@ -57,7 +57,7 @@ def build_search_broker(
         # FastStream logs through the standard library: its errors show, per-message chatter not.
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
-        **producer_options(),
+        **{**producer_options(), "linger_ms": 2},  # a batch's replies in few produce requests
     )
 
     unanswered: set[asyncio.Task[ControlReport]] = set()
