@@ -17,7 +17,7 @@ from lookalike.s3 import s3_client
 from lookalike.stack import Stack
 from lookalike.trace_view import steps_of
 from producers.replay_events import replay_image_events
-from producers.search_client import SearchClient
+from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import upload_bytes
 from schemas.control import RebuildCommand, RebuildSource
 from schemas.search import SearchRequest
@@ -160,9 +160,16 @@ async def test_a_topic_shorter_than_the_index_is_refused_unless_allowed(
     ids = upload_many(s3_client(settings), settings, f"shrink-{uuid.uuid4().hex[:6]}", 3, seed=36)
     await all_indexed(settings, ids)
     replicated.restart_broker()  # memory-only: the feature topics are empty now
-    await asyncio.sleep(3)  # the indexers notice the new log
     async with SearchClient(settings) as client:
-        before = await inventory(client)
+
+        async def answered() -> list[dict[str, str | None]] | None:
+            try:  # the indexers notice the new log and subscribe to it again
+                return await inventory(client)
+            except SearchTimeout:
+                return None
+
+        before = await eventually(answered, lambda held: held is not None, timeout=90)
+        assert before is not None
         refused = await client.rebuild(TOPIC_REBUILD, timeout=120)
         await finished_rebuilding(client)
         assert refused and not any(r.ok for r in refused)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 from minio import Minio
 
@@ -139,16 +140,21 @@ class SearchServing:
         self._engine = engine
         self._control = control
         self._broker: KafkaBroker | None = None
+        self._replies: AIOKafkaProducer | None = None
         self._cluster_id: str | None = None
 
     async def start(self, cluster_id: str | None) -> None:
         s = self._settings
+        # Replies within 2 ms of each other (a batch's) share a produce request.
+        self._replies = make_producer(s, linger_ms=2)
+        await self._replies.start()
         self._broker = build_search_broker(
             s,
             self._engine,
             await partitions_of(s, s.search_requests_topic),
             self._control,
             await partitions_of(s, s.control_topic),
+            self._replies,
         )
         await self._broker.start()
         self._cluster_id = cluster_id
@@ -157,6 +163,9 @@ class SearchServing:
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None
+        if self._replies is not None:
+            await self._replies.stop()
+            self._replies = None
 
     async def follow(self, ingest: IngestService, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -197,27 +197,27 @@ class QueryEngine:
 
 
 def to_hit(n: Neighbour) -> SearchHit:
-    bucket, _, key = n.image_id.partition("/")
-    record = n.record
-    return SearchHit(
-        image_id=n.image_id,
-        bucket=record.bucket if record else bucket,
-        key=record.key if record else key,
-        distance=n.distance,
-        etag=record.etag if record else None,
-    )
+    return hit_for(n.image_id, n.record, n.distance)
 
 
 def fused_hit(c: Candidate, record: ImageRecord | None) -> SearchHit:
-    bucket, _, key = c.image_id.partition("/")
-    return SearchHit(
-        image_id=c.image_id,
-        bucket=record.bucket if record else bucket,
-        key=record.key if record else key,
-        distance=c.score,
-        etag=record.etag if record else None,
-        distances=c.distances,
-        verdict=c.verdict,
+    return hit_for(c.image_id, record, c.score, distances=c.distances, verdict=c.verdict)
+
+
+def hit_for(
+    image_id: str, record: ImageRecord | None, distance: float, **fused: object
+) -> SearchHit:
+    """A hit as a reply carries it: where the image is (from its record when there is one)."""
+    bucket, _, key = image_id.partition("/")
+    return SearchHit.model_validate(
+        {
+            "image_id": image_id,
+            "bucket": record.bucket if record else bucket,
+            "key": record.key if record else key,
+            "distance": distance,
+            "etag": record.etag if record else None,
+            **fused,
+        }
     )
 
 

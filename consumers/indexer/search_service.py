@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from faststream import BaseMiddleware
 from faststream.kafka import KafkaBroker, TopicPartition
@@ -50,7 +51,9 @@ def build_search_broker(
     request_partitions: list[int],
     control: ControlService,
     control_partitions: list[int],
+    replies: AIOKafkaProducer,
 ) -> KafkaBroker:
+    """`replies`: a started producer for search replies (sent straight, many per batch)."""
     broker = KafkaBroker(
         settings.kafka_bootstrap,
         middlewares=[RequestLogMiddleware],
@@ -141,7 +144,9 @@ def build_search_broker(
         )
 
     async def reply(value: bytes, reply_to: str, correlation_id: str) -> None:
-        await broker.publish(value, topic=reply_to, correlation_id=correlation_id)
+        headers = [("correlation_id", correlation_id.encode())]
+        delivery = await replies.send(reply_to, value, headers=headers)
+        await delivery
 
     @broker.subscriber(
         partitions=[TopicPartition(settings.control_topic, p) for p in control_partitions],
