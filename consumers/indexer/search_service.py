@@ -144,9 +144,11 @@ def build_search_broker(
         )
 
     async def reply(value: bytes, reply_to: str, correlation_id: str) -> None:
+        """Queued, not waited for: the next poll starts at once. A reply that cannot be
+        delivered is logged; its caller's deadline runs out and it asks again."""
         headers = [("correlation_id", correlation_id.encode())]
         delivery = await replies.send(reply_to, value, headers=headers)
-        await delivery
+        delivery.add_done_callback(_log_undelivered)
 
     @broker.subscriber(
         partitions=[TopicPartition(settings.control_topic, p) for p in control_partitions],
@@ -186,3 +188,8 @@ def build_search_broker(
         return report
 
     return broker
+
+
+def _log_undelivered(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("search.reply_undelivered", error=repr(delivery.exception()))
