@@ -34,18 +34,20 @@ def demo_uploads() -> dict[str, bytes]:
 
 
 async def wait_until_indexed(
-    settings: Settings, image_ids: list[str], timeout: float = 120.0
+    settings: Settings, image_ids: list[str], timeout: float = 180.0
 ) -> float:
+    """Until every image is in every feature index (CLIP, the slowest, last)."""
     started = time.monotonic()
-    pending = set(image_ids)
+    pending = {(f, i) for f in settings.feature_names for i in image_ids}
     async with SearchClient(settings) as client:
         while pending:
             if time.monotonic() - started > timeout:
-                raise TimeoutError(f"{len(pending)} images still not indexed after {timeout}s")
-            for image_id in sorted(pending):
-                reply = await client.search(SearchRequest(feature="phash", image_id=image_id, k=1))
+                raise TimeoutError(f"{len(pending)} (feature, image) still not indexed")
+            for feature, image_id in sorted(pending):
+                request = SearchRequest(feature=feature, image_id=image_id, k=1)
+                reply = await client.search(request)
                 if reply.error_code is not SearchErrorCode.NOT_FOUND:
-                    pending.discard(image_id)
+                    pending.discard((feature, image_id))
             if pending:
                 await asyncio.sleep(0.2)
     return time.monotonic() - started
@@ -96,7 +98,10 @@ def run_demo(stack: Stack, keep_running: bool) -> None:
         waited = asyncio.run(
             wait_until_indexed(settings, [f"{settings.bucket}/{k}" for k in uploads])
         )
-        print(f"All {len(uploads)} images searchable {waited:.2f}s after the last upload.")
+        print(
+            f"All {len(uploads)} images searchable in every feature index {waited:.2f}s "
+            "after the last upload."
+        )
         asyncio.run(query_examples(settings, uploads))
         print(f"\nWeb page: {stack.http_url} (search by image or text, live alerts; API at /docs)")
         if keep_running:
