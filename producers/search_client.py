@@ -43,9 +43,10 @@ class SearchClient:
     def __init__(self, settings: Settings, reply_topic: str | None = None) -> None:
         self._settings = settings
         self._reply_topic = reply_topic or settings.search_replies_topic
-        # Requests sent within 2 ms travel in one produce request (many in flight: far fewer
-        # round trips; one at a time: 2 ms more).
-        self._producer = make_producer(settings, linger_ms=2)
+        # No linger: with many requests in flight, aiokafka already sends what queued up
+        # meanwhile together, and a lone request leaves at once (measured: a 2 ms linger
+        # raised p99, BENCHMARKS.md "Search request throughput").
+        self._producer = make_producer(settings, linger_ms=0)
         self._consumer = make_consumer(settings, group_id=None)
         # Which broker log the reply positions refer to (a new cluster id: a new, empty log).
         self._admin = make_admin(settings)
