@@ -15,3 +15,11 @@ def s3_client(settings: Settings) -> Minio:
         secure=settings.s3_secure,
         region=settings.s3_region,
     )
+
+
+def public_s3_client(settings: Settings) -> Minio:
+    """For links handed to browsers (presigned URLs): the endpoint they can reach. Presigning
+    makes no request (the region is given)."""
+    if not settings.s3_public_endpoint:
+        return s3_client(settings)
+    return s3_client(settings.model_copy(update={"s3_endpoint": settings.s3_public_endpoint}))

@@ -55,7 +55,9 @@ def run_gateway(settings: Settings, port: int) -> None:
 
 
 def run_http(settings: Settings, port: int) -> None:
+    from lookalike.s3 import public_s3_client
     from producers.http_api import serve_http
 
     observe(settings, "http")
-    run_until_signalled(lambda stop: serve_http(settings, s3_client(settings), port, stop))
+    s3, links = s3_client(settings), public_s3_client(settings)
+    run_until_signalled(lambda stop: serve_http(settings, s3, links, port, stop))

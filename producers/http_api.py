@@ -75,7 +75,9 @@ class AlertFeed:
                 queue.put_nowait(alert)
 
 
-def build_app(settings: Settings, s3: Minio) -> FastAPI:
+def build_app(settings: Settings, s3: Minio, links: Minio | None = None) -> FastAPI:
+    """`links`: the S3 client that presigns thumbnail URLs (an endpoint browsers reach)."""
+    links = links or s3
     state: dict[str, Any] = {}
     feed = AlertFeed(settings)
 
@@ -122,7 +124,7 @@ def build_app(settings: Settings, s3: Minio) -> FastAPI:
                     "verdict": h.verdict.value if h.verdict else None,
                     "distance": h.distance,
                     "distances": h.distances,
-                    "url": s3.presigned_get_object(h.bucket, h.key, expires=THUMBNAIL_TTL),
+                    "url": links.presigned_get_object(h.bucket, h.key, expires=THUMBNAIL_TTL),
                 }
                 for h in reply.hits
             ],
@@ -191,11 +193,13 @@ def build_app(settings: Settings, s3: Minio) -> FastAPI:
     return app
 
 
-async def serve_http(settings: Settings, s3: Minio, port: int, stop: asyncio.Event) -> None:
+async def serve_http(
+    settings: Settings, s3: Minio, links: Minio, port: int, stop: asyncio.Event
+) -> None:
     import uvicorn
 
     config = uvicorn.Config(
-        build_app(settings, s3), host=settings.http_host, port=port, log_level="warning"
+        build_app(settings, s3, links), host=settings.http_host, port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

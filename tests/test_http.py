@@ -162,3 +162,17 @@ def test_the_page_lists_an_alert_as_an_upload_arrives(
     WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "alerts"))
     upload_bytes(s3, settings.bucket, key, distinct_jpegs(1, size=(160, 120), seed=62)[0])
     WebDriverWait(browser, 90).until(lambda b: key in b.find_element(By.ID, "alerts").text)
+
+
+def test_thumbnail_links_use_the_endpoint_browsers_reach() -> None:
+    from lookalike.s3 import public_s3_client
+
+    inside = Settings(_env_file=None, s3_endpoint="minio:9000", s3_public_endpoint="localhost:9000")
+    url = public_s3_client(inside).presigned_get_object("images", "a/b.jpg")
+    assert url.startswith("http://localhost:9000/images/a/b.jpg?")
+    plain = Settings(_env_file=None, s3_endpoint="minio:9000")
+    assert (
+        public_s3_client(plain)
+        .presigned_get_object("images", "c.jpg")
+        .startswith("http://minio:9000/")
+    )
