@@ -5,17 +5,22 @@ event is handled."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
 from minio import Minio
 from minio.error import S3Error
+from PIL import Image
 from urllib3.exceptions import MaxRetryError
 
 from consumers.extractor.handler import EventHandler
 from consumers.features.catalog import PHASH
+from consumers.features.clip_embed import ClipEmbedder
+from consumers.features.contract import FeatureSpec
+from index_store.metric import Metric
 from lookalike.samples import jpeg, photo
-from schemas.features import FeatureOp
+from schemas.features import FeatureOp, VectorKind
 from schemas.minio_events import build_notification
 from schemas.settings import Settings
 
@@ -102,3 +107,39 @@ async def test_events_that_are_not_work_are_skipped_without_an_error() -> None:
     event = build_notification("s3:ObjectCreated:Put", BUCKET, "notes.json", etag="e", size=3)
     [outcome] = await handler(FakeS3()).handle_batch([(b"images/notes.json", event)])
     assert outcome.events == [] and outcome.dead_letter_reason is None
+
+
+def decoding_itself() -> FeatureSpec:
+    """A feature that decodes the fetched bytes itself, as CLIP does on a GPU (here: CPU)."""
+    embedder = ClipEmbedder("ViT-S-32", None, "cpu", quantize_cpu=False)
+
+    def never(images: Sequence[Image.Image]) -> list[bytes]:
+        raise AssertionError("the extractor decoded on the CPU")
+
+    def encoded(datas: Sequence[bytes]) -> list[bytes | str]:
+        return [v if isinstance(v, str) else v.tobytes() for v in embedder.embed_encoded(datas)]
+
+    return FeatureSpec(
+        name="clip",
+        version=embedder.version,
+        vector_kind=VectorKind.FLOAT32,
+        dim=embedder.dim,
+        metric=Metric.COSINE,
+        alert_max_distance=0.01,
+        describe_batch=never,
+        describe_encoded=encoded,
+    )
+
+
+async def test_features_that_decode_themselves_get_the_bytes_and_bad_ones_are_rejected() -> None:
+    s3 = FakeS3()
+    s3.objects["good.jpg"] = (jpeg(photo("coffee")), "e1")
+    s3.objects["bad.jpg"] = (b"\xff\xd8 not really a jpeg", "e2")
+    spec = decoding_itself()
+    extractor = EventHandler(Settings(_env_file=None), cast(Minio, s3), [spec])
+    good, bad = await extractor.handle_batch([created("good.jpg", "e1"), created("bad.jpg", "e2")])
+    assert [(e.op, e.etag) for e in good.events] == [(FeatureOp.UPSERT, "e1")]
+    assert good.events[0].vector is not None and len(good.events[0].vector) == spec.vector_bytes
+    assert good.dead_letter_reason is None
+    assert [(e.op, e.etag) for e in bad.events] == [(FeatureOp.REJECT, "e2")]
+    assert bad.dead_letter_reason is not None and "undecodable image" in bad.dead_letter_reason

@@ -50,7 +50,7 @@ class Outcome:
 class _Decoded:
     change: ImageChange
     obj: FetchedObject
-    image: Image.Image
+    image: Image.Image | None  # None: the features decode the fetched bytes themselves
 
 
 @dataclass
@@ -77,6 +77,9 @@ class EventHandler:
         self._settings = settings
         self._s3 = s3
         self._features = list(features)
+        # A GPU extractor's features decode on the device: no CPU decode here (the bytes are
+        # still checked, by the features, and a failure is dead-lettered the same way).
+        self._decode_here = not all(f.describe_encoded is not None for f in self._features)
 
     async def handle_batch(
         self, messages: Sequence[tuple[bytes | None, bytes | None]]
@@ -84,7 +87,7 @@ class EventHandler:
         """`messages` are (key, value) pairs in partition order; one Outcome per message."""
         prepared = await self._prepare_all(messages)
         images = [d for p in prepared for d in p.decoded]
-        vectors = await asyncio.to_thread(self._describe, [d.image for d in images])
+        vectors = await asyncio.to_thread(self._describe, images)
         vector_of = {id(d): i for i, d in enumerate(images)}
         outcomes = []
         for p in prepared:
@@ -94,19 +97,31 @@ class EventHandler:
             for bad in p.rejected:
                 outcome.events.extend(self._rejections(bad))
             for d in p.decoded:
-                row = vector_of[id(d)]
-                outcome.events.extend(self._upserts(d, [v[row] for v in vectors]))
+                row = [v[vector_of[id(d)]] for v in vectors]
+                reasons = [r for r in row if isinstance(r, str)]
+                if reasons:
+                    why = f"undecodable image {d.change.image_id}: {reasons[0]}"
+                    outcome.dead_letter_reason = why
+                    outcome.events.extend(self._rejections(_Rejected(d.change, d.obj.etag, why)))
+                else:
+                    described = [r for r in row if isinstance(r, bytes)]
+                    outcome.events.extend(self._upserts(d, described))
             outcomes.append(outcome)
         return outcomes
 
-    def _describe(self, images: list[Image.Image]) -> list[list[bytes]]:
-        """Per feature, the vectors of all images (batched: one model call per feature)."""
+    def _describe(self, images: list[_Decoded]) -> list[list[bytes | str]]:
+        """Per feature, the vectors of all images (batched: one model call per feature), or
+        for features that decode themselves, a reason in place of an image they could not."""
         if not images:
             return [[] for _ in self._features]
-        described = []
+        described: list[list[bytes | str]] = []
         for spec in self._features:
             started = time.perf_counter()
-            described.append(spec.describe_batch(images))
+            if spec.describe_encoded is not None and not self._decode_here:
+                described.append(spec.describe_encoded([d.obj.data for d in images]))
+            else:
+                decoded = [d.image for d in images if d.image is not None]
+                described.append(list(spec.describe_batch(decoded)))
             took = time.perf_counter() - started
             EXTRACTION_BATCH_SECONDS.labels(feature=spec.name).observe(took)
             per_image = EXTRACTION_SECONDS.labels(feature=spec.name)
@@ -181,6 +196,8 @@ class EventHandler:
             )
         elif change.kind is ChangeKind.REMOVED:
             log.info("event.object_back", image_id=change.image_id, etag=obj.etag)
+        if not self._decode_here:
+            return _Decoded(change, obj, None)
         try:
             image = await asyncio.to_thread(
                 decode_image, obj.data, max_pixels=self._settings.max_image_pixels

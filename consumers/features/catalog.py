@@ -78,6 +78,11 @@ def clip_feature(settings: Settings) -> FeatureSpec:
             fix="python -m bench.alert_thresholds with these settings, then set "
             "LOOKALIKE_ALERT_MAX_DISTANCE",
         )
+
+    def encoded(datas: Sequence[bytes]) -> list[bytes | str]:
+        described = embedder.embed_encoded(datas, settings.max_image_pixels)
+        return [v if isinstance(v, str) else v.tobytes() for v in described]
+
     return FeatureSpec(
         name=NAME,
         version=embedder.version,
@@ -87,6 +92,7 @@ def clip_feature(settings: Settings) -> FeatureSpec:
         alert_max_distance=CLIP_ALERT_MAX_DISTANCE,
         describe_batch=lambda images: [row.tobytes() for row in embedder.embed_images(images)],
         describe_text=lambda text: embedder.embed_text([text])[0].tobytes(),
+        describe_encoded=encoded if embedder.device == "cuda" else None,
     )
 
 

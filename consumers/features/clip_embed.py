@@ -23,12 +23,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 import torch
 from numpy.typing import NDArray
 from PIL import Image
+
+if TYPE_CHECKING:
+    from consumers.features.tensor_pixels import TensorPixels
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +110,7 @@ class ClipEmbedder:
         with torch.inference_mode():
             self.dim = int(self.embed_text(["x"]).shape[1])
         self.precision = precision
+        self._pixels: TensorPixels | None = None
         self.version = (
             f"clip-{model_name}-{weights_tag(pretrained)}-{self.size}px-shortest-bicubic-v2"
         )
@@ -131,9 +136,38 @@ class ClipEmbedder:
     def embed_prepared(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, H, W, 3) uint8 from `prepare` -> (N, dim) unit vectors."""
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-        x = batch.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+        return self.embed_pixels(batch.permute(0, 3, 1, 2))
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> NDArray[np.float32]:
+        """(N, 3, H, W) uint8 on this embedder's device -> (N, dim) unit vectors."""
+        x = pixels.to(torch.float32).div_(255.0)
         x = ((x - self._mean) / self._std).to(self.dtype)
         return _unit_rows(self.model.encode_image(x))
+
+    @torch.inference_mode()
+    def embed_encoded(
+        self, datas: Sequence[bytes], max_pixels: int = 80_000_000
+    ) -> list[NDArray[np.float32] | str]:
+        """Encoded images (JPEG, PNG, ...) -> per image its unit vector or why it has none.
+
+        JPEGs are decoded and resized on this embedder's device (tensor_pixels.py); this is
+        the GPU extractor's path, where CPU decoding is what the model would wait on.
+        """
+        from consumers.features.tensor_pixels import TensorPixels
+
+        if self._pixels is None:
+            self._pixels = TensorPixels(self.size, self.device)
+        self._pixels.max_pixels = max_pixels
+        batch = self._pixels.prepare(datas)
+        vectors = self.embed_pixels(batch.pixels) if batch.rows else None
+        out: list[NDArray[np.float32] | str] = [
+            batch.failures.get(i, "not decoded") for i in range(len(datas))
+        ]
+        for row, i in enumerate(batch.rows):
+            assert vectors is not None
+            out[i] = vectors[row]
+        return out
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> NDArray[np.float32]:

@@ -35,6 +35,10 @@ class FeatureSpec:
     describe_query: Callable[[Image.Image], list[bytes]] | None = None
     describe_text: Callable[[str], bytes] | None = None
     codes_per_item: int = 1  # BITS features: several codes per image, matched by the closest
+    # Encoded images (as fetched) -> per image its vector or why it has none. Set where the
+    # feature decodes better itself (CLIP on a GPU: nvJPEG); an extractor whose features all
+    # have it skips its own CPU decode.
+    describe_encoded: Callable[[Sequence[bytes]], list[bytes | str]] | None = None
 
     def __post_init__(self) -> None:
         low, high = self.distance_range
