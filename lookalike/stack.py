@@ -43,6 +43,7 @@ class Stack:
         shards: int = 1,
         replicas: int = 1,
         env: dict[str, str] | None = None,
+        http: bool = True,
         on_process_event: Callable[[ProcessEvent], None] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
@@ -54,6 +55,7 @@ class Stack:
         self.indexers: dict[tuple[int, int], ManagedProcess] = {}  # (shard, replica) -> process
         self.http: ManagedProcess | None = None
         self.http_port = free_port()
+        self.serve_http = http  # False: no web page and HTTP API (benchmarks)
         # Held while the supervisor polls and while the stack changes its processes.
         self._lock = threading.RLock()
         self.supervisor = Supervisor(
@@ -118,7 +120,8 @@ class Stack:
             for shard in range(self.shards):
                 for replica in range(self.replicas):
                     self.start_indexer(shard, replica, wait=False)
-        self.start_http()
+        if self.serve_http:
+            self.start_http()
         self.write_env_file()  # now with every process's /metrics URL and the web page's
         # Fails fast if a process dies while starting; CLIP models load slowly on busy machines.
         self.wait_until_serving(timeout=120.0)

@@ -2,9 +2,11 @@
 
 Every extractor group then describes every image again: the way to fill the index of a new
 feature version (its events carry the new version, which names a new index; unchanged
-versions are no-ops in the indexer). Finding and repairing *differences* between the bucket
-and the indexes is reconciliation, which the indexers run themselves (`lookalike backfill`
-asks them to run it now); this module never reads an index.
+versions are no-ops in the indexer). The events name `BULK_SOURCE` as their maker, so the
+images are indexed without near-duplicate alerts: their uploads were alerted already.
+Finding and repairing *differences* between the bucket and the indexes is reconciliation,
+which the indexers run themselves (`lookalike backfill` asks them to run it now); this module
+never reads an index.
 
 The producer is passed in (`lookalike/cli.py` builds it with the project's partitioner), so
 events land on the partition of their `bucket/object` key whoever publishes them.
@@ -21,7 +23,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from minio import Minio
 
-from schemas.minio_events import build_notification, looks_like_image, notification_key, plain_etag
+from schemas.minio_events import (
+    BULK_SOURCE,
+    build_notification,
+    looks_like_image,
+    notification_key,
+    plain_etag,
+)
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,7 +89,7 @@ async def reextract(
                     obj.key,
                     etag=obj.etag,
                     size=obj.size,
-                    source="reextract",
+                    source=BULK_SOURCE,
                 ),
                 key=notification_key(bucket, obj.key),
             )

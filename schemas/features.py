@@ -45,6 +45,9 @@ class FeatureEvent(Message):
     uploaded_at: datetime | None = Field(
         None, description="the object's S3 event time (upload -> searchable is measured from it)"
     )
+    bulk: bool = Field(
+        False, description="from a bulk re-extraction: indexed without near-duplicate alerts"
+    )
 
     @model_validator(mode="after")
     def _upsert_carries_a_vector(self) -> FeatureEvent:

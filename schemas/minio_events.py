@@ -23,6 +23,11 @@ class MalformedEvent(ValueError):
     """The message is not a bucket notification we can act on; the text says why."""
 
 
+# Who a bulk re-extraction's events say made them (`userIdentity.principalId`): images the
+# bucket already held, indexed again without near-duplicate alerts (their uploads had theirs).
+BULK_SOURCE = "lookalike-reextract"
+
+
 class ChangeKind(StrEnum):
     CREATED = "created"
     REMOVED = "removed"
@@ -37,6 +42,7 @@ class ImageChange(BaseModel):
     size: int | None = None
     content_type: str | None = None
     event_time: datetime | None = None
+    bulk: bool = False  # from a bulk re-extraction (BULK_SOURCE), not an upload
 
     @property
     def image_id(self) -> str:
@@ -112,6 +118,8 @@ def _parse_record(record: Any) -> ImageChange | Ignored:
             event_name=name, key=key, reason=f"not an image ({content_type or 'no type'})"
         )
     size = obj.get("size")
+    identity = record.get("userIdentity")
+    principal = identity.get("principalId") if isinstance(identity, dict) else None
     return ImageChange(
         kind=ChangeKind.CREATED,
         bucket=bucket,
@@ -121,6 +129,7 @@ def _parse_record(record: Any) -> ImageChange | Ignored:
         size=size if isinstance(size, int) else None,
         content_type=content_type,
         event_time=event_time,
+        bulk=principal == BULK_SOURCE,
     )
 
 

@@ -21,7 +21,7 @@ from consumers.features.contract import FeatureSpec
 from index_store.metric import Metric
 from lookalike.samples import jpeg, photo
 from schemas.features import FeatureOp, VectorKind
-from schemas.minio_events import build_notification
+from schemas.minio_events import BULK_SOURCE, build_notification
 from schemas.settings import Settings
 
 BUCKET = "images"
@@ -80,6 +80,16 @@ async def test_a_created_event_for_an_overwritten_object_indexes_the_newer_versi
     s3.objects["a.jpg"] = (jpeg(photo("chelsea")), "new")
     [outcome] = await handler(s3).handle_batch([created("a.jpg", "old")])
     assert [(e.op, e.etag) for e in outcome.events] == [(FeatureOp.UPSERT, "new")]
+
+
+async def test_a_reextraction_event_gives_a_bulk_feature_event_and_an_upload_does_not() -> None:
+    s3 = FakeS3()
+    s3.objects["a.jpg"] = (jpeg(photo("coffee")), "e1")
+    again = build_notification(
+        "s3:ObjectCreated:Put", BUCKET, "a.jpg", etag="e1", size=10, source=BULK_SOURCE
+    )
+    outcomes = await handler(s3).handle_batch([created("a.jpg", "e1"), (b"images/a.jpg", again)])
+    assert [[e.bulk for e in o.events] for o in outcomes] == [[False], [True]]
 
 
 async def test_a_created_event_for_an_object_that_is_gone_removes_it() -> None:

@@ -114,6 +114,22 @@ async def test_a_replayed_batch_changes_nothing_and_alerts_nothing(
     assert len(index) == 1 and len(alerts.results) == 1
 
 
+async def test_a_bulk_reextraction_is_indexed_without_alerts_and_a_new_upload_alerts(
+    parts: tuple[FeatureEventApplier, FeatureStore, FeatureIndex, Sink, Alerts],
+) -> None:
+    applier, _, index, _, alerts = parts
+    await applier.apply(
+        TP,
+        [
+            record(0, upsert("a.jpg", code(0), bulk=True)),
+            record(1, upsert("b.jpg", code(0), bulk=True)),
+        ],
+    )
+    assert len(index) == 2 and alerts.results == []
+    await applier.apply(TP, [record(2, upsert("c.jpg", code(0)))])
+    assert [(r.image_id, len(r.near_duplicates)) for r in alerts.results] == [("images/c.jpg", 2)]
+
+
 async def test_events_the_index_cannot_take_are_dead_lettered_and_the_rest_applied(
     parts: tuple[FeatureEventApplier, FeatureStore, FeatureIndex, Sink, Alerts],
 ) -> None:

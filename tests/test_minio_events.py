@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from schemas.minio_events import (
+    BULK_SOURCE,
     ChangeKind,
     Ignored,
     ImageChange,
@@ -75,6 +76,17 @@ def test_created_event_carries_etag_size_and_type() -> None:
         "image/jpeg",
     )
     assert item.image_id == "images/cats/tom.jpg"
+
+
+def test_an_upload_is_not_bulk_and_a_reextraction_event_is() -> None:
+    upload = parse_one("minio_put.json")
+    assert isinstance(upload, ImageChange) and not upload.bulk
+    (again,) = parse_notification(
+        build_notification(
+            "s3:ObjectCreated:Put", "images", "a.jpg", etag="e1", size=3, source=BULK_SOURCE
+        )
+    )
+    assert isinstance(again, ImageChange) and again.bulk
 
 
 def test_multipart_etag_keeps_its_part_count() -> None:

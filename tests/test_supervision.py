@@ -27,6 +27,7 @@ from lookalike.supervisor import Backoff, EventKind, ProcessEvent, Supervisor
 from producers.search_client import SearchClient, SearchTimeout
 from producers.uploads import upload_bytes
 from schemas.kafka import make_admin, make_consumer
+from schemas.minio_events import ImageChange, parse_notification
 from schemas.search import SearchRequest
 from schemas.settings import Settings
 from tests.kafka_helpers import eventually
@@ -299,7 +300,11 @@ async def reextract_events(settings: Settings, expected: int, timeout: float = 1
         while polls_after < 2 and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for r in records:
-                    if r.key is not None and b'"userAgent": "reextract"' in (r.value or b""):
+                    if r.key is None or r.value is None:
+                        continue
+                    if all(
+                        c.bulk for c in parse_notification(r.value) if isinstance(c, ImageChange)
+                    ):
                         keys.append(r.key.decode())
             polls_after += len(keys) >= expected
     finally:

@@ -249,6 +249,7 @@ class EventHandler:
                 dim=spec.dim,
                 vector=vector,
                 uploaded_at=d.change.event_time,
+                bulk=d.change.bulk,
             )
             for spec, vector in zip(self._features, vectors, strict=True)
         ]

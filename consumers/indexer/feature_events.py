@@ -7,7 +7,9 @@ Kafka in sight (ingest.py does the consuming; this is what its stage does with a
 3. apply the changes and the offset after the batch in one store transaction (idempotent:
    a replayed event changes nothing);
 4. publish a near-duplicate alert for each image that changed: its nearest other images
-   within the feature's own threshold (`FeatureSpec.alert_max_distance`).
+   within the feature's own threshold (`FeatureSpec.alert_max_distance`) — except images of a
+   bulk re-extraction (`FeatureEvent.bulk`): their uploads were alerted already, and a
+   re-extraction of the whole bucket must not search once per image.
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ class FeatureEventApplier:
         traces: dict[str, str | None] = {}
         published_ms: dict[str, int] = {}
         uploaded: dict[str, datetime | None] = {}
+        bulk: set[str] = set()  # image ids of a bulk re-extraction: no alerts
         for record in records:
             try:
                 event = FeatureEvent.from_bytes(record.value)
@@ -128,6 +131,10 @@ class FeatureEventApplier:
             traces[event.image_id] = tracing.from_headers(record.headers)
             published_ms[event.image_id] = record.timestamp
             uploaded[event.image_id] = event.uploaded_at
+            if event.bulk:
+                bulk.add(event.image_id)
+            else:
+                bulk.discard(event.image_id)  # a later upload of the same image alerts
             if event.feature_version != spec.version:
                 self._warn_other_version(event, spec)
                 continue
@@ -140,6 +147,7 @@ class FeatureEventApplier:
         upserts = await asyncio.to_thread(index.apply, changes, offsets)
         self.records_read += len(records)
         searchable_at = datetime.now(UTC)
+        upserts = [u for u in upserts if u.image_id not in bulk]
         for upsert in upserts:
             since = uploaded.get(upsert.image_id)
             took = (searchable_at - since).total_seconds() if since else None

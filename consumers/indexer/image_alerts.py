@@ -43,31 +43,30 @@ class ImageAlertJoiner:
         self._features = set(features)
         self._engine = engine
         self._producer = producer
-        # (image id, eTag) -> (features that indexed it, when the first did)
-        self._pending: dict[tuple[str, str | None], tuple[set[str], float]] = {}
+        # image id -> its newest version's (eTag, features that indexed it, when the first did)
+        self._pending: dict[str, tuple[str | None, set[str], float]] = {}
         self.published = 0
 
     async def indexed(self, feature: str, upserts: list[Upsert]) -> None:
         """`feature` has indexed these image versions."""
         now = time.monotonic()
-        complete = []
+        complete: dict[str, None] = {}  # image ids, in order
         for u in upserts:
-            version = (u.image_id, u.record.etag)
-            for other in [v for v in self._pending if v[0] == u.image_id and v != version]:
-                del self._pending[other]  # overwritten: only the newest version is alerted
-            features, since = self._pending.get(version, (set(), now))
+            etag, features, since = self._pending.get(u.image_id, (u.record.etag, set(), now))
+            if etag != u.record.etag:  # overwritten: only the newest version is alerted
+                etag, features, since = u.record.etag, set(), now
             features.add(feature)
-            self._pending[version] = (features, since)
+            self._pending[u.image_id] = (etag, features, since)
             if features >= self._features:
-                complete.append(version)
-        for version in complete:
-            await self._publish(version, partial=False)
+                complete[u.image_id] = None
+        await self._publish(list(complete), partial=False)
 
     async def flush_overdue(self) -> None:
         """Publish, as partial, the versions some feature has not indexed by the deadline."""
         limit = time.monotonic() - self._settings.image_alert_deadline_s
-        for version in [v for v, (_, since) in self._pending.items() if since < limit]:
-            await self._publish(version, partial=True)
+        await self._publish(
+            [i for i, (_, _, since) in self._pending.items() if since < limit], partial=True
+        )
 
     async def run_deadlines(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -79,28 +78,40 @@ class ImageAlertJoiner:
                 except Exception:
                     log.exception("image_alert.flush_failed")
 
-    async def _publish(self, version: tuple[str, str | None], partial: bool) -> None:
-        features, _ = self._pending.pop(version)
-        image_id, etag = version
-        request = SearchRequest(image_id=image_id, k=self._settings.near_duplicate_k)
-        reply = await asyncio.to_thread(self._engine.answer, request)
-        if not reply.ok:  # removed meanwhile: nothing to say
-            log.info("image_alert.skipped", image_id=image_id, why=reply.error)
+    async def _publish(self, image_ids: list[str], partial: bool) -> None:
+        """One thread call answers every image's query; the alerts go out together."""
+        if not image_ids:
             return
-        alert = ImageAlert(
-            image_id=image_id,
-            etag=etag,
-            features=sorted(features),
-            partial=partial,
-            matches=[h for h in reply.hits if h.verdict in MATCHES],
-        )
+        joined = [(image_id, self._pending.pop(image_id)) for image_id in image_ids]
+        k = self._settings.near_duplicate_k
+        requests = [SearchRequest(image_id=image_id, k=k) for image_id, _ in joined]
+        replies = await asyncio.to_thread(lambda: [self._engine.answer(r) for r in requests])
+        alerts: list[ImageAlert] = []
+        for (image_id, (etag, features, _)), reply in zip(joined, replies, strict=True):
+            if not reply.ok:  # removed meanwhile: nothing to say
+                log.info("image_alert.skipped", image_id=image_id, why=reply.error)
+                continue
+            alerts.append(
+                ImageAlert(
+                    image_id=image_id,
+                    etag=etag,
+                    features=sorted(features),
+                    partial=partial,
+                    matches=[h for h in reply.hits if h.verdict in MATCHES],
+                )
+            )
         if self._settings.publish_alerts:
             topic = self._settings.image_alerts_topic
-            await self._producer.send_and_wait(topic, alert.to_bytes(), key=image_id.encode())
-            self.published += 1
-        log.info(
-            "image_alert.published" if self._settings.publish_alerts else "image_alert.joined",
-            image_id=image_id,
-            partial=partial,
-            matches=len(alert.matches),
-        )
+            sends = [
+                await self._producer.send(topic, a.to_bytes(), key=a.image_id.encode())
+                for a in alerts
+            ]
+            await asyncio.gather(*sends)  # every ack, before the batch's offsets move on
+            self.published += len(alerts)
+        for alert in alerts:
+            log.info(
+                "image_alert.published" if self._settings.publish_alerts else "image_alert.joined",
+                image_id=alert.image_id,
+                partial=partial,
+                matches=len(alert.matches),
+            )

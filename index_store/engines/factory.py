@@ -28,7 +28,6 @@ from index_store.engines.faiss_graph import Compaction, FaissHnswEngine
 from index_store.engines.graph import GraphSettings
 from index_store.engines.hamming import HammingEngine
 from index_store.engines.held_out import HoldOut
-from index_store.engines.hnswlib_graph import HnswlibEngine
 from index_store.engines.projection import Projection
 from index_store.engines.rerank import ExactRerank
 from index_store.metric import Metric
@@ -86,6 +85,9 @@ class EngineFactory:
         if metric is not Metric.COSINE or self.float_engine == "exact":
             return ExactFloatEngine(dim, metric)
         if self.float_engine == "hnsw":
+            # Imported when chosen: the default engine needs no compiled hnswlib.
+            from index_store.engines.hnswlib_graph import HnswlibEngine
+
             return self._held_out(
                 HnswlibEngine(dim, self.graph or HNSWLIB_GRAPH), dim, exact_vectors
             )
