@@ -11,9 +11,9 @@ indexers; `lookalike reextract`'s scan publishes a created event per object, and
 when the indexers' CLIP indexes hold every image.
 
 Printed: images/s end to end; when each stage (events published by the scan, feature events
-published by the extractors, images indexed) passed 25/50/75/100 %; and the extractors' time in
-the model stage (nvJPEG decode + CLIP) against their wall time, which says whether the GPU
-stage is what the others wait on.
+published by the extractors, images indexed) passed 25/50/75/100 %; and where the extractors'
+time went (S3 fetch, the GPU describe stage, publishing, waiting for events), which says
+whether the GPU stage is what the others wait on.
 """
 
 from __future__ import annotations
@@ -222,8 +222,16 @@ def run(stack: Stack, images: int, extractors: int, limit_s: float) -> None:
             break
     wall = time.perf_counter() - t0
     scanning.join(timeout=5)
-    model_seconds = sum(
-        scrape(url, "lookalike_extraction_batch_seconds_sum", "clip") for url in extractor_urls
+    stage_seconds = {
+        stage: sum(
+            scrape(url, "lookalike_extractor_stage_seconds_sum", f'stage="{stage}"')
+            for url in extractor_urls
+        )
+        for stage in ("fetch", "describe", "publish")
+    }
+    batches = sum(
+        scrape(url, "lookalike_extractor_stage_seconds_count", 'stage="describe"')
+        for url in extractor_urls
     )
 
     print(f"\nBulk re-extraction of {images:,} images: {wall:.1f} s, {images / wall:,.0f} images/s")
@@ -233,12 +241,23 @@ def run(stack: Stack, images: int, extractors: int, limit_s: float) -> None:
         cells = [f"{reached[stage].get(q, float('nan')):.1f} s" for q in (25, 50, 75, 100)]
         rate = images / reached[stage][100] if 100 in reached[stage] else float("nan")
         print(f"| {stage} | " + " | ".join(cells) + f" | {rate:,.0f}/s |")
-    busy = model_seconds / (reached["extracted"].get(100, wall) * extractors)
+    extracting = reached["extracted"].get(100, wall) * extractors
     print(
-        "\nextractors in the describe stage (on a GPU: nvJPEG decode, resize, CLIP): "
-        f"{model_seconds:.1f} s of "
-        f"{extractors} x {reached['extracted'].get(100, wall):.1f} s = {busy:.0%} busy"
+        f"\nwhere the extractors' time went ({extractors} processes x "
+        f"{extracting / extractors:.1f} s; {batches:,.0f} batches, "
+        f"{images / max(batches, 1):.0f} images each on average)"
     )
+    print("| extractor stage | seconds | share |")
+    print("| --- | --- | --- |")
+    labels = {
+        "fetch": "fetch (S3 reads)",
+        "describe": "describe (GPU: nvJPEG decode, resize, CLIP)",
+        "publish": "publish (feature events acknowledged, commit)",
+    }
+    for stage, seconds in stage_seconds.items():
+        print(f"| {labels[stage]} | {seconds:.1f} | {seconds / extracting:.0%} |")
+    waiting = extracting - sum(stage_seconds.values())
+    print(f"| waiting for events (polls) | {waiting:.1f} | {waiting / extracting:.0%} |")
 
 
 if __name__ == "__main__":

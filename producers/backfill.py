@@ -72,34 +72,45 @@ async def reextract(
     bucket = settings.bucket
     objects = list_bucket(s3, bucket)
     state = ReextractProgress()
-    while True:
-        page = await asyncio.to_thread(lambda: list(islice(objects, PAGE)))
-        state.listed += len(page)
-        state.listing_done = len(page) < PAGE
-        images = [obj for obj in page if looks_like_image(obj.key, None)]
-        state.images += len(images)
-        if progress:
-            progress(state)
-        sends = [
-            await producer.send(
-                settings.image_events_topic,
-                build_notification(
-                    "s3:ObjectCreated:Put",
-                    bucket,
-                    obj.key,
-                    etag=obj.etag,
-                    size=obj.size,
-                    source=BULK_SOURCE,
-                ),
-                key=notification_key(bucket, obj.key),
-            )
-            for obj in images
-        ]
-        await asyncio.gather(*sends)
-        state.published += len(sends)
-        if progress:
-            progress(state)
-        if state.listing_done:
-            break
+
+    def next_page() -> asyncio.Task[list[BucketObject]]:
+        return asyncio.create_task(asyncio.to_thread(lambda: list(islice(objects, PAGE))))
+
+    listing = next_page()
+    try:
+        while True:
+            page = await listing
+            state.listed += len(page)
+            state.listing_done = len(page) < PAGE
+            images = [obj for obj in page if looks_like_image(obj.key, None)]
+            state.images += len(images)
+            if progress:
+                progress(state)
+            if not state.listing_done:
+                listing = next_page()  # the next page is listed while this one is published
+            sends = [
+                await producer.send(
+                    settings.image_events_topic,
+                    build_notification(
+                        "s3:ObjectCreated:Put",
+                        bucket,
+                        obj.key,
+                        etag=obj.etag,
+                        size=obj.size,
+                        source=BULK_SOURCE,
+                    ),
+                    key=notification_key(bucket, obj.key),
+                )
+                for obj in images
+            ]
+            await asyncio.gather(*sends)
+            state.published += len(sends)
+            if progress:
+                progress(state)
+            if state.listing_done:
+                break
+    finally:
+        listing.cancel()  # publishing failed: stop waiting for a page nobody reads
+
     log.info("reextract.done", listed=state.listed, images=state.images, published=state.published)
     return state

@@ -46,6 +46,13 @@ EXTRACTION_BATCH_SECONDS = Histogram(
     ["feature"],
     buckets=LATENCY_BUCKETS,
 )
+EXTRACTOR_STAGE_SECONDS = Histogram(
+    "lookalike_extractor_stage_seconds",
+    "Time an extractor spends on one batch in a stage: fetch (S3 reads and CPU decoding), "
+    "describe (every feature), publish (feature events acknowledged, offsets committed)",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
 UPLOAD_TO_SEARCHABLE_SECONDS = Histogram(
     "lookalike_upload_to_searchable_seconds",
     "From the object's S3 event time to the index commit that makes it searchable",

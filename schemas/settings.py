@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     s3_secret_key: str = "lookalike-secret"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    s3_connections: int = Field(
+        32,
+        ge=1,
+        description="S3 requests one process makes at once: its pooled connections, and an "
+        "extractor's fetch threads",
+    )
     s3_public_endpoint: str | None = Field(
         None,
         description="host:port browsers reach S3 at, for thumbnail links (default: s3_endpoint)",

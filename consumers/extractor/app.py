@@ -14,6 +14,7 @@ handles the batch again: also harmless.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -29,6 +30,7 @@ from consumers.kafka.log_watch import LogWatch
 from consumers.kafka.runner import Batch, ConsumeLoop
 from schemas import tracing
 from schemas.kafka import make_consumer, make_producer
+from schemas.metrics import EXTRACTOR_STAGE_SECONDS
 from schemas.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -82,6 +84,7 @@ class ExtractorService:
         assert producer is not None and dead_letters is not None
         records = [r for rs in batch.values() for r in rs]
         outcomes = await self._handler.handle_batch([(r.key, r.value) for r in records])
+        started = time.perf_counter()
         sends = []
         for record, outcome in zip(records, outcomes, strict=True):
             span = tracing.stage(
@@ -111,6 +114,7 @@ class ExtractorService:
                 await dead_letters.send(record, outcome.dead_letter_reason)
         await asyncio.gather(*sends)
         await self.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+        EXTRACTOR_STAGE_SECONDS.labels(stage="publish").observe(time.perf_counter() - started)
         self.processed += len(records)
         log.info("extractor.checkpoint", records=len(records), processed=self.processed)
 

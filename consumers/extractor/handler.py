@@ -12,7 +12,9 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from minio import Minio
@@ -27,7 +29,11 @@ from consumers.extractor.object_fetch import (
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
 from schemas.features import FeatureEvent, FeatureOp
-from schemas.metrics import EXTRACTION_BATCH_SECONDS, EXTRACTION_SECONDS
+from schemas.metrics import (
+    EXTRACTION_BATCH_SECONDS,
+    EXTRACTION_SECONDS,
+    EXTRACTOR_STAGE_SECONDS,
+)
 from schemas.minio_events import (
     ChangeKind,
     Ignored,
@@ -80,14 +86,20 @@ class EventHandler:
         # A GPU extractor's features decode on the device: no CPU decode here (the bytes are
         # still checked, by the features, and a failure is dead-lettered the same way).
         self._decode_here = not all(f.describe_encoded is not None for f in self._features)
+        # S3 reads wait on the network: more of them at once than the default thread pool.
+        self._fetches = ThreadPoolExecutor(settings.s3_connections, thread_name_prefix="fetch")
 
     async def handle_batch(
         self, messages: Sequence[tuple[bytes | None, bytes | None]]
     ) -> list[Outcome]:
         """`messages` are (key, value) pairs in partition order; one Outcome per message."""
+        started = time.perf_counter()
         prepared = await self._prepare_all(messages)
+        EXTRACTOR_STAGE_SECONDS.labels(stage="fetch").observe(time.perf_counter() - started)
         images = [d for p in prepared for d in p.decoded]
+        started = time.perf_counter()
         vectors = await asyncio.to_thread(self._describe, images)
+        EXTRACTOR_STAGE_SECONDS.labels(stage="describe").observe(time.perf_counter() - started)
         vector_of = {id(d): i for i, d in enumerate(images)}
         outcomes = []
         for p in prepared:
@@ -181,8 +193,9 @@ class EventHandler:
             reason = f"oversize upload: {change.size:,} bytes is over the {limit:,}-byte limit"
             return _Rejected(change, change.etag, reason)
         try:
-            obj = await asyncio.to_thread(
-                fetch_object, self._s3, change.bucket, change.key, max_bytes=limit
+            obj = await asyncio.get_running_loop().run_in_executor(
+                self._fetches,
+                partial(fetch_object, self._s3, change.bucket, change.key, max_bytes=limit),
             )
         except ObjectGone as exc:
             if change.kind is ChangeKind.CREATED:
