@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from lookalike.embedded import Infrastructure, free_port, wait_for_port
@@ -147,12 +147,37 @@ def main() -> None:
     stack = Stack(data_dir, extractors=args.extractors, shards=args.shards, env=env, http=False)
     stack.start()
     try:
+        probe_s3(stack.settings, min(args.images, 20_000), threads=32 * args.extractors)
         run(stack, args.images, args.extractors, args.limit_s)
     finally:
         stack.stop()
         if readers is not None:
             readers.terminate()
             readers.wait(timeout=10)
+
+
+def probe_s3(settings: Settings, count: int, threads: int) -> None:
+    """The S3 server's read rate alone: `count` GETs from `threads` threads (as many as the
+    extractors fetch with), what the extractors' fetch stage can at best reach."""
+    s3 = s3_client(settings.model_copy(update={"s3_connections": threads}))
+
+    def get(i: int) -> int:
+        response = s3.get_object(settings.bucket, f"bulk/{i:07d}.jpg")
+        try:
+            return len(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        got = sum(pool.map(get, range(count)))
+    took = time.perf_counter() - started
+    print(
+        f"S3 reads alone: {count:,} GETs from {threads} threads in {took:.1f} s = "
+        f"{count / took:,.0f}/s ({got / took / 1e6:,.0f} MB/s)",
+        flush=True,
+    )
 
 
 def start_readers(s3_dir: Path, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:

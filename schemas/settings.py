@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         None, description="open_clip pretrained tag or local checkpoint path; None = random."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    clip_cpu_runtime: Literal["openvino", "torch"] = Field(
+        "openvino",
+        description="CLIP's image tower on a CPU: an int8 OpenVINO graph (calibrated on the "
+        "first images described, saved under data_dir/models), or torch int8",
+    )
 
     # --- Sharding -----------------------------------------------------------------------------
     shard_partitions: str | None = Field(

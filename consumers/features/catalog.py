@@ -66,7 +66,13 @@ CLIP_ALERT_MAX_DISTANCE = 0.0113
 def clip_feature(settings: Settings) -> FeatureSpec:
     from consumers.features.clip_embed import NAME, ClipEmbedder
 
-    embedder = ClipEmbedder(settings.clip_model, settings.clip_pretrained, settings.device)
+    embedder = ClipEmbedder(
+        settings.clip_model,
+        settings.clip_pretrained,
+        settings.device,
+        cpu_runtime=settings.clip_cpu_runtime,
+        cache_dir=settings.data_dir / "models",
+    )
     measured_for = (settings.clip_model, settings.clip_pretrained or None)
     if measured_for != CLIP_ALERT_MEASURED_FOR and NAME not in settings.alert_max_distance:
         log.warning(

@@ -10,7 +10,10 @@ Throughput choices (numbers in BENCHMARKS.md):
   and centre-crop with PIL on the (draft-decoded) image, hand the model uint8 pixels, and
   normalise on the device, in one batched operation;
 - on CUDA the model runs in float16; on CPU its linear layers are int8 dynamically quantised
-  (image tower; cosine 0.9998 to float32, measured) unless `quantize_cpu=False`.
+  (image tower; cosine 0.9998 to float32, measured) unless `quantize_cpu=False`;
+- on CPU with `cpu_runtime="openvino"` the image tower becomes an int8 OpenVINO graph
+  (clip_openvino.py) calibrated on the first `CALIBRATION_IMAGES` images it describes (torch
+  int8 describes those), saved in `cache_dir` and loaded from there by later processes.
 The version string names the index: model + weights + preprocessing, so vectors that are not
 interchangeable never share an index. Numeric precision is not part of it: float16 on a GPU,
 int8 or float32 on a CPU give vectors within cosine 0.999 of each other
@@ -20,7 +23,10 @@ its queries with.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +37,10 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from consumers.features.clip_openvino import CALIBRATION_IMAGES
+
 if TYPE_CHECKING:
+    from consumers.features.clip_openvino import OpenVinoTower
     from consumers.features.tensor_pixels import TensorPixels
 
 log = structlog.get_logger(__name__)
@@ -79,7 +88,11 @@ class ClipEmbedder:
         device: str = "auto",
         *,
         quantize_cpu: bool = True,
+        cpu_runtime: str = "torch",
+        cache_dir: Path | None = None,
     ) -> None:
+        """`cpu_runtime`: "torch", or "openvino" for the int8 OpenVINO image tower on a CPU
+        (saved in `cache_dir`, or rebuilt by every process without one)."""
         import open_clip
 
         self.device = pick_device(device)
@@ -93,17 +106,34 @@ class ClipEmbedder:
         mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=self.device)
         std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=self.device)
         self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+        self.version = (
+            f"clip-{model_name}-{weights_tag(pretrained)}-{self.size}px-shortest-bicubic-v2"
+        )
+        self._tower: OpenVinoTower | None = None
+        self._tower_lock = threading.Lock()  # one inference or build at a time
+        self._calibration: list[NDArray[np.uint8]] = []
+        self._tower_file = cache_dir / f"{self.version}-int8.onnx" if cache_dir else None
+        self._float_visual: torch.nn.Module | None = None  # for the export, until built
+        self.tower_ready = threading.Event()  # set once the OpenVINO tower describes images
         if self.device == "cuda":
             self.dtype, precision = torch.float16, "fp16"
             model = model.to(dtype=self.dtype)
-        elif quantize_cpu:
+        elif cpu_runtime == "openvino" and self._tower_file and self._tower_file.is_file():
+            from consumers.features.clip_openvino import OpenVinoTower
+
+            self._tower = OpenVinoTower(self._tower_file, torch.get_num_threads())
+            self.dtype, precision = torch.float32, "openvino-int8"
+            self.tower_ready.set()
+        elif cpu_runtime == "openvino":
+            self._float_visual = copy.deepcopy(model.visual)
+        if self.device == "cpu" and quantize_cpu and self._tower is None:
             self.dtype, precision = torch.float32, "int8dyn"
             # Image tower only: it does the bulk work, and the text tower's code reads
             # weight dtypes that quantised layers do not have.
             model.visual = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 model.visual, {torch.nn.Linear}, torch.qint8
             )
-        else:
+        elif self.device == "cpu" and self._tower is None:
             self.dtype, precision = torch.float32, "fp32"
         self.model = model
         self.tokenizer = open_clip.get_tokenizer(model_name)
@@ -111,9 +141,6 @@ class ClipEmbedder:
             self.dim = int(self.embed_text(["x"]).shape[1])
         self.precision = precision
         self._pixels: TensorPixels | None = None
-        self.version = (
-            f"clip-{model_name}-{weights_tag(pretrained)}-{self.size}px-shortest-bicubic-v2"
-        )
         log.info(
             "clip.loaded",
             model=model_name,
@@ -135,8 +162,46 @@ class ClipEmbedder:
     @torch.inference_mode()
     def embed_prepared(self, pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
         """(N, H, W, 3) uint8 from `prepare` -> (N, dim) unit vectors."""
+        if self._float_visual is not None or self._tower is not None:
+            with self._tower_lock:
+                if self._tower is not None:
+                    return self._tower.embed(np.ascontiguousarray(pixels))
+                self._calibrate(pixels)
         batch = torch.from_numpy(pixels).to(self.device, non_blocking=True)
         return self.embed_pixels(batch.permute(0, 3, 1, 2))
+
+    def _calibrate(self, pixels: NDArray[np.uint8]) -> None:
+        """Keep images for the int8 ranges; with enough, build the OpenVINO tower in a
+        thread (torch goes on describing meanwhile) and switch to it when it is ready."""
+        kept = sum(len(p) for p in self._calibration)
+        if self._float_visual is None or kept >= CALIBRATION_IMAGES:
+            return  # building already
+        self._calibration.append(pixels[: CALIBRATION_IMAGES - kept].copy())
+        if kept + len(self._calibration[-1]) >= CALIBRATION_IMAGES:
+            threading.Thread(target=self._build_tower, name="clip-int8", daemon=True).start()
+
+    def _build_tower(self) -> None:
+        from consumers.features.clip_openvino import int8_tower
+
+        assert self._float_visual is not None
+        cached = self._tower_file or Path(tempfile.mkdtemp()) / f"{self.version}-int8.onnx"
+        try:
+            tower = int8_tower(
+                self._float_visual,
+                self._mean,
+                self._std,
+                self.size,
+                np.concatenate(self._calibration),
+                cached,
+            )
+        except Exception:
+            log.exception("clip.int8_failed", hint="torch int8 goes on describing images")
+            self._float_visual = None
+            return
+        with self._tower_lock:
+            self._tower, self.precision = tower, "openvino-int8"
+            self._float_visual, self._calibration = None, []
+        self.tower_ready.set()
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> NDArray[np.float32]:
