@@ -96,8 +96,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--extractors", type=int, default=1)
+    parser.add_argument(
+        "--models",
+        type=Path,
+        help="keep the CLIP extractor's built int8 graph here between runs, as the compose "
+        "volume does (the first run builds it while it serves; later runs start with it)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.models is not None:
+            args.models.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / "models").symlink_to(args.models.resolve(), target_is_directory=True)
         stack = Stack(Path(tmp), extractors=args.extractors)
         print("starting the embedded stack ...", flush=True)
         stack.start()
