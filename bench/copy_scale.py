@@ -162,6 +162,38 @@ def recall_by_kind(
     return np.array(found)
 
 
+def copy_set(
+    count: int, queries: int, seed: int
+) -> tuple[list[Image.Image], NDArray[np.int64], list[tuple[bytes, str]]]:
+    """The set: `count` originals, and `queries` copies (JPEG, kind) of random ones, whose
+    originals' numbers are `source`. One seed draws all of it, in this order."""
+    rng = np.random.default_rng(seed)
+    gallery_images = originals(count, rng)
+    source = rng.integers(0, len(gallery_images), queries)
+    return gallery_images, source, [make_query(gallery_images[s], rng) for s in source]
+
+
+def kind_column(kind: str) -> str:
+    """The table column of a query's kind ("crop", or "two transforms" for "crop+turn")."""
+    return "two transforms" if "+" in kind else kind
+
+
+def recall_row(
+    name: str,
+    found: NDArray[np.bool_],
+    kinds: list[str],
+    held_out: NDArray[np.bool_],
+    columns: list[str],
+) -> str:
+    """A table row: recall@1 of the held-out queries among `found`, overall and per kind."""
+    per: dict[str, list[bool]] = defaultdict(list)
+    for f, k, h in zip(found, kinds, held_out, strict=True):
+        if h:
+            per[kind_column(k)].append(bool(f))
+    cells = [f"{np.mean(per[c]):.2f} ({len(per[c])})" if per[c] else "-" for c in columns]
+    return f"| {name} | {found[held_out].mean():.3f} | " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,10 +206,7 @@ def main() -> None:
     if args.quick:
         args.originals, args.queries = 400, 200
     started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
-    gallery_images = originals(args.originals, rng)
-    source = rng.integers(0, len(gallery_images), args.queries)
-    made = [make_query(gallery_images[s], rng) for s in source]
+    gallery_images, source, made = copy_set(args.originals, args.queries, args.seed)
     decoded_gallery = [decode_image(jpeg(g), max_pixels=10**8) for g in gallery_images]
     decoded_queries = [decode_image(q, max_pixels=10**8) for q, _ in made]
     kinds = [k for _, k in made]
@@ -203,7 +232,7 @@ def main() -> None:
             [code(g) for g in decoded_gallery],
             [[code(q)] for q in decoded_queries],
         )
-    columns = sorted({k.split("+")[0] if "+" not in k else "two transforms" for k in kinds})
+    columns = sorted({kind_column(k) for k in kinds})
     print(
         f"\n## Copy detection at scale ({os.cpu_count()} CPUs; {len(gallery_images):,} originals, "
         f"{int(held_out.sum())} held-out queries of {args.queries}, seed {args.seed})\n"
@@ -212,13 +241,7 @@ def main() -> None:
     print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
     for name, (engine, gallery, queries) in methods.items():
         found = recall_by_kind(engine, gallery, queries, source)
-        row = [f"{found[held_out].mean():.3f}"]
-        per: dict[str, list[bool]] = defaultdict(list)
-        for f, k, h in zip(found, kinds, held_out, strict=True):
-            if h:
-                per["two transforms" if "+" in k else k].append(bool(f))
-        row += [f"{np.mean(per[c]):.2f} ({len(per[c])})" if per[c] else "-" for c in columns]
-        print(f"| {name} | " + " | ".join(row) + " |")
+        print(recall_row(name, found, kinds, held_out, columns))
     print(f"\n{time.perf_counter() - started:.0f}s")
 
 
