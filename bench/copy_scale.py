@@ -23,6 +23,12 @@ Compared in one run: the product's `phash` and `copy` features (their own query 
 mirrors and views), PDQ (`pdqhash`, the query's 8 dihedral variants), and `imagehash`'s pHash,
 dHash and wHash (64 bits).
 
+Verdicts (bench/copy_verdicts.py): `--non-copies` queries made the same way from originals cut
+from the photographs kept outside the gallery join the copies; each method says "copy of its
+nearest original" when that one is at most a threshold away, the threshold chosen on the tuning
+half for precision >= `--precision`, and precision and recall at it are read on the held-out
+half.
+
     .venv/bin/python -m bench.copy_scale --quick          # 400 originals, 200 queries
     .venv/bin/python -m bench.copy_scale                  # 2,000 originals, 600 queries
 """
@@ -30,208 +36,23 @@ dHash and wHash (64 bits).
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image
 
+from bench import copy_verdicts as verdicts
+from bench.copy_set import copy_set
 from consumers.features.catalog import COPY, PHASH
 from consumers.features.decode import decode_image
 from index_store.engines.engine import Engine
 from index_store.engines.factory import EngineFactory
 from index_store.engines.hamming import HammingEngine
-from lookalike.samples import jpeg, photos
-
-Rng = np.random.Generator
-
-
-@dataclass(frozen=True)
-class Region:
-    """Where an image's content lies in its photograph: photo number, (left, top, right,
-    bottom) in the photograph's pixels."""
-
-    photo: int
-    box: tuple[float, float, float, float]
-
-    def contains(self, other: Region, slack: float = 1.0) -> bool:
-        """Whether every pixel of `other` is in this region (within `slack` pixels)."""
-        a, b = self.box, other.box
-        return (
-            self.photo == other.photo
-            and a[0] <= b[0] + slack
-            and a[1] <= b[1] + slack
-            and a[2] >= b[2] - slack
-            and a[3] >= b[3] - slack
-        )
-
-
-@functools.cache
-def photographs() -> list[Image.Image]:
-    """The sample photographs, and last the right eye's view of `stereo_motorcycle` (the
-    left one is among the samples): the same scene from another point, never a copy of it."""
-    import skimage.data
-
-    right_eye = Image.fromarray(skimage.data.stereo_motorcycle()[1])  # type: ignore[no-untyped-call]
-    return [p.convert("RGB") for p in photos().values()] + [right_eye.convert("RGB")]
-
-
-OUTSIDE = 4  # sample photographs kept out of the gallery, for the non-copies
-
-
-def split_photographs(seed: int) -> tuple[list[int], list[int]]:
-    """Which photographs the gallery is cut from, and which are kept outside it: OUTSIDE
-    random samples and the right eye's view (the left eye's stays in): a query cut from
-    those is not a copy of anything in the gallery."""
-    samples = list(photos())
-    right_eye, left_eye = len(samples), samples.index("stereo_motorcycle")
-    drawn = [p for p in range(len(samples)) if p != left_eye]
-    outside = sorted(np.random.default_rng([seed, 1]).choice(drawn, OUTSIDE, replace=False))
-    inside = [p for p in range(len(samples)) if p not in outside]
-    return inside, [*(int(p) for p in outside), right_eye]
-
-
-def originals(
-    count: int, rng: Rng, photo_numbers: list[int]
-) -> tuple[list[Image.Image], list[Region]]:
-    """`count` originals (480 px wide) cut from the photographs `photo_numbers`, and where
-    each lies in its photograph."""
-    sources = photographs()
-    out: list[Image.Image] = []
-    regions: list[Region] = []
-    while len(out) < count:
-        photo = photo_numbers[int(rng.integers(len(photo_numbers)))]
-        source = sources[photo]
-        w, h = source.size
-        cw, ch = int(w * rng.uniform(0.35, 0.8)), int(h * rng.uniform(0.35, 0.8))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out.append(source.crop((x, y, x + cw, y + ch)).resize((480, int(480 * ch / cw))))
-        regions.append(Region(photo, (x, y, x + cw, y + ch)))
-        if rng.random() < 0.3 and len(out) < count:  # a burst-like neighbour
-            dx, dy = (int(d * rng.uniform(0.01, 0.04)) for d in (cw, ch))
-            x2, y2 = min(w - cw, x + dx), min(h - ch, y + dy)
-            shifted = source.crop((x2, y2, x2 + cw, y2 + ch)).resize(out[-1].size)
-            out.append(ImageEnhance.Brightness(shifted).enhance(float(rng.uniform(0.9, 1.1))))
-            regions.append(Region(photo, (x2, y2, x2 + cw, y2 + ch)))
-    return out, regions
-
-
-# A transform returns the new image and the affine map (2 x 3) taking a point of the new
-# image to the point of its input it shows: how make_query knows which pixels a copy keeps.
-Transformed = tuple[Image.Image, NDArray[np.float64]]
-SAME = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-
-
-def moved(dx: float, dy: float) -> NDArray[np.float64]:
-    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-
-
-def crop(img: Image.Image, rng: Rng) -> Transformed:
-    w, h = img.size
-    cw, ch = int(w * rng.uniform(0.55, 0.95)), int(h * rng.uniform(0.55, 0.95))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return img.crop((x, y, x + cw, y + ch)), moved(x, y)
-
-
-def turn(img: Image.Image, rng: Rng) -> Transformed:
-    angle = float(rng.uniform(1, 12)) * (1 if rng.random() < 0.5 else -1)
-    out = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
-    # PIL turns counter-clockwise as seen (y grows downwards) about the centre.
-    a, (cx, cy) = np.radians(angle), (img.width / 2, img.height / 2)
-    rotation = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    centre = np.array([cx, cy])
-    return out, np.hstack([rotation, (centre - rotation @ centre)[:, None]])
-
-
-def caption(img: Image.Image, rng: Rng) -> Transformed:
-    out = img.copy()
-    w, h = out.size
-    bar = int(h * rng.uniform(0.06, 0.2))
-    top = 0 if rng.random() < 0.4 else h - bar
-    draw = ImageDraw.Draw(out)
-    draw.rectangle((0, top, w, top + bar), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw.text((int(w * 0.05), top + bar // 3), "lookalike " * 4, fill=(255, 255, 255))
-    return out, SAME
-
-
-def logo(img: Image.Image, rng: Rng) -> Transformed:
-    out = img.copy()
-    w, h = out.size
-    lw, lh = int(w * rng.uniform(0.08, 0.25)), int(h * rng.uniform(0.08, 0.25))
-    x, y = int(rng.integers(0, w - lw)), int(rng.integers(0, h - lh))
-    ImageDraw.Draw(out).ellipse(
-        (x, y, x + lw, y + lh), fill=tuple(int(c) for c in rng.integers(0, 256, 3))
-    )
-    return out, SAME
-
-
-def pad(img: Image.Image, rng: Rng) -> Transformed:
-    w, h = img.size
-    p = int(min(w, h) * rng.uniform(0.04, 0.2))
-    colour = (0, 0, 0) if rng.random() < 0.5 else (255, 255, 255)
-    out = Image.new("RGB", (w + 2 * p, h + 2 * p), colour)
-    out.paste(img, (p, p))
-    return out, moved(-p, -p)
-
-
-def recolour(img: Image.Image, rng: Rng) -> Transformed:
-    out = ImageEnhance.Color(img).enhance(float(rng.uniform(0.3, 1.7)))
-    out = ImageEnhance.Contrast(out).enhance(float(rng.uniform(0.7, 1.3)))
-    return ImageEnhance.Brightness(out).enhance(float(rng.uniform(0.7, 1.3))), SAME
-
-
-TRANSFORMS: dict[str, Callable[[Image.Image, Rng], Transformed]] = {
-    "crop": crop,
-    "turn": turn,
-    "caption": caption,
-    "logo": logo,
-    "pad": pad,
-    "colour": recolour,
-}
-
-
-@dataclass(frozen=True)
-class Query:
-    data: bytes  # the copy, as a JPEG
-    kind: str  # its transforms, "crop" or "crop+turn"
-    # The part of the original it shows, (left, top, right, bottom) in the original's pixels:
-    # the bounding box of the copy's frame taken back through its transforms, inside the
-    # original (padding shows nothing of it; a turned frame's corners count as shown).
-    shown: tuple[float, float, float, float]
-
-
-def make_query(img: Image.Image, rng: Rng) -> Query:
-    names = list(TRANSFORMS)
-    picked = [names[int(rng.integers(len(names)))]]
-    if rng.random() < 0.35:  # a combination of two
-        picked.append(names[int(rng.integers(len(names)))])
-    out, to_original = img, np.vstack([SAME, [0.0, 0.0, 1.0]])
-    for name in picked:
-        out, to_input = TRANSFORMS[name](out, rng)
-        to_original = to_original @ np.vstack([to_input, [0.0, 0.0, 1.0]])
-    w, h = out.size
-    corners = to_original @ np.array([[0, w, 0, w], [0, 0, h, h], [1, 1, 1, 1]], dtype=float)
-    xs, ys = np.clip(corners[0], 0, img.width), np.clip(corners[1], 0, img.height)
-    shown = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
-    return Query(jpeg(out, quality=int(rng.integers(40, 95))), "+".join(picked), shown)
-
-
-def shown_region(query: Query, original: Image.Image, where: Region) -> Region:
-    """The part of the photograph a copy of `original` (which lies at `where`) shows."""
-    left, top, right, bottom = where.box
-    sx, sy = (right - left) / original.width, (bottom - top) / original.height
-    x0, y0, x1, y1 = query.shown
-    return Region(where.photo, (left + x0 * sx, top + y0 * sy, left + x1 * sx, top + y1 * sy))
-
-
-def answers(shown: Region, regions: list[Region]) -> frozenset[int]:
-    """Every original a copy showing `shown` is a copy of: all that contain those pixels."""
-    return frozenset(i for i, r in enumerate(regions) if r.contains(shown))
+from lookalike.samples import jpeg
 
 
 def pdq_codes(img: Image.Image, dihedral: bool) -> list[bytes]:
@@ -264,50 +85,17 @@ def first_is_right(hits: list[tuple[str, float]], right: frozenset[int]) -> bool
     return best_right < best_wrong
 
 
-def recall_by_kind(
-    engine: Engine, gallery: list[bytes], queries: list[list[bytes]], right: list[frozenset[int]]
-) -> NDArray[np.bool_]:
-    """Whether each query's nearest (min over the query's codes) is one of its right answers
-    and strictly nearer than every wrong one."""
+def nearest_all(
+    engine: Engine, gallery: list[bytes], queries: list[list[bytes]], k: int
+) -> list[list[tuple[str, float]]]:
+    """Each query's k nearest originals (min over the query's codes), nearest first."""
     engine.upsert_many([str(i) for i in range(len(gallery))], b"".join(gallery))
-    found = [
-        first_is_right(engine.search(q, len(r) + 1), r) for q, r in zip(queries, right, strict=True)
-    ]
-    return np.array(found)
+    return [engine.search(q, k) for q in queries]
 
 
-@dataclass
-class CopySet:
-    """The originals (gallery), where each lies in its photograph, and the copies (queries)
-    of random ones: `source` is each copy's original, `right` every original it is a copy
-    of (its own, and any other that contains all the pixels it shows)."""
-
-    gallery: list[Image.Image]
-    regions: list[Region]
-    queries: list[Query]
-    source: NDArray[np.int64]
-    right: list[frozenset[int]]
-    outside: list[int]  # photographs no original is cut from
-
-    @property
-    def strict(self) -> list[frozenset[int]]:
-        """Only each copy's own original counts."""
-        return [frozenset([int(s)]) for s in self.source]
-
-
-def copy_set(count: int, queries: int, seed: int) -> CopySet:
-    """`count` originals and `queries` copies of random ones. One seed draws all of it, in
-    this order."""
-    rng = np.random.default_rng(seed)
-    inside, outside = split_photographs(seed)
-    gallery, regions = originals(count, rng, inside)
-    source = rng.integers(0, len(gallery), queries)
-    made = [make_query(gallery[s], rng) for s in source]
-    right = [
-        answers(shown_region(q, gallery[s], regions[s]), regions) | {int(s)}
-        for q, s in zip(made, source, strict=True)
-    ]
-    return CopySet(gallery, regions, made, source, right, outside)
+def found(hits: list[list[tuple[str, float]]], right: list[frozenset[int]]) -> NDArray[np.bool_]:
+    """Per query: whether a right answer is strictly nearer than every wrong one."""
+    return np.array([first_is_right(h, r) for h, r in zip(hits, right, strict=True)])
 
 
 def kind_column(kind: str) -> str:
@@ -337,57 +125,89 @@ def main() -> None:
     )
     parser.add_argument("--originals", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=600)
+    parser.add_argument("--non-copies", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--precision", type=float, default=0.99)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.originals, args.queries = 400, 200
+        args.originals, args.queries, args.non_copies = 400, 200, 100
     started = time.perf_counter()
-    made = copy_set(args.originals, args.queries, args.seed)
+    made = copy_set(args.originals, args.queries, args.seed, args.non_copies)
+    queries = made.queries + made.non_copies
     decoded_gallery = [decode_image(jpeg(g), max_pixels=10**8) for g in made.gallery]
-    decoded_queries = [decode_image(q.data, max_pixels=10**8) for q in made.queries]
-    kinds = [q.kind for q in made.queries]
-    held_out = made.source % 2 == 1
+    decoded_queries = [decode_image(q.data, max_pixels=10**8) for q in queries]
+    kinds = [q.kind for q in queries]
+    no_answer = [frozenset[int]() for _ in made.non_copies]
+    strict, right = made.strict + no_answer, made.right + no_answer
+    is_copy = np.array([len(r) > 0 for r in right])
+    tune = np.concatenate([made.source % 2 == 0, np.arange(len(made.non_copies)) % 2 == 0])
+    held = ~tune & is_copy
+    methods = compared_methods(decoded_gallery, decoded_queries)
+    k = max(len(r) for r in right) + 1
+    hits = {name: nearest_all(*method, k) for name, method in methods.items()}
+    columns = sorted({kind_column(k) for k in kinds[: args.queries]})
+    several = sum(len(r) > 1 for r, h in zip(right, held, strict=True) if h)
+    print(
+        f"\n## Copy detection at scale ({os.cpu_count()} CPUs; {len(made.gallery):,} originals, "
+        f"{int(held.sum())} held-out copies of {args.queries}, {several} of them show pixels "
+        f"that more than one original contains; {int((~tune & ~is_copy).sum())} held-out "
+        f"non-copies of {args.non_copies}; seed {args.seed})\n"
+    )
+    for title, labels in (
+        ("its own original only", strict),
+        ("any original containing every pixel it shows", right),
+    ):
+        print(f"Recall@1 when the right answer is {title}:\n")
+        print("| method | held-out recall@1 | " + " | ".join(columns) + " |")
+        print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
+        for name, method_hits in hits.items():
+            print(recall_row(name, found(method_hits, labels), kinds, held, columns))
+        print()
+    print(
+        f"Verdicts: copy of the nearest original when it is at most the threshold away, the "
+        f"threshold chosen on the tuning half for precision >= {args.precision}; right when "
+        "that original contains every pixel the copy shows:\n"
+    )
+    print(verdicts.HEADER)
+    alerting = {f"{spec.name} (product)": spec for spec in (PHASH, COPY)}
+    for name, method_hits in hits.items():
+        nearest = np.array([h[0][1] if h else np.inf for h in method_hits])
+        correct = found(method_hits, right) & is_copy
+        print(verdicts.verdict_row(name, nearest, correct, is_copy, tune, args.precision, -1))
+        if name in alerting:
+            fixed = alerting[name].alert_max_distance
+            name = f"{name}, at its alert threshold"
+            print(verdicts.verdict_row(name, nearest, correct, is_copy, tune, 0, -1, fixed))
+    print(f"\n{time.perf_counter() - started:.0f}s")
+
+
+def compared_methods(
+    gallery: list[Image.Image], queries: list[Image.Image]
+) -> dict[str, tuple[Engine, list[bytes], list[list[bytes]]]]:
+    """Each method's engine, gallery codes and query codes."""
     product = EngineFactory("exact")
     methods: dict[str, tuple[Engine, list[bytes], list[list[bytes]]]] = {
         f"{spec.name} (product)": (
             product.make(spec.metric, spec.dim, spec.codes_per_item),
-            spec.describe_batch(decoded_gallery),
-            [spec.query_vectors(q) for q in decoded_queries],
+            spec.describe_batch(gallery),
+            [spec.query_vectors(q) for q in queries],
         )
         for spec in (PHASH, COPY)
     }
     methods["PDQ (8 dihedral query variants)"] = (
         HammingEngine(32),
-        [pdq_codes(g, dihedral=False)[0] for g in decoded_gallery],
-        [pdq_codes(q, dihedral=True) for q in decoded_queries],
+        [pdq_codes(g, dihedral=False)[0] for g in gallery],
+        [pdq_codes(q, dihedral=True) for q in queries],
     )
     for kind in ("phash", "dhash", "whash"):
         code = imagehash_code(kind)
         methods[f"imagehash {kind}"] = (
             HammingEngine(8),
-            [code(g) for g in decoded_gallery],
-            [[code(q)] for q in decoded_queries],
+            [code(g) for g in gallery],
+            [[code(q)] for q in queries],
         )
-    columns = sorted({kind_column(k) for k in kinds})
-    several = sum(len(r) > 1 for r, h in zip(made.right, held_out, strict=True) if h)
-    print(
-        f"\n## Copy detection at scale ({os.cpu_count()} CPUs; {len(made.gallery):,} originals, "
-        f"{int(held_out.sum())} held-out queries of {args.queries}, seed {args.seed}; "
-        f"{several} held-out copies show pixels that more than one original contains)\n"
-    )
-    for title, right in (
-        ("its own original only", made.strict),
-        ("any original containing every pixel it shows", made.right),
-    ):
-        print(f"Recall@1 when the right answer is {title}:\n")
-        print("| method | held-out recall@1 | " + " | ".join(columns) + " |")
-        print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
-        for name, (engine, gallery, queries) in methods.items():
-            found = recall_by_kind(engine, gallery, queries, right)
-            print(recall_row(name, found, kinds, held_out, columns))
-        print()
-    print(f"{time.perf_counter() - started:.0f}s")
+    return methods
 
 
 if __name__ == "__main__":

@@ -12,10 +12,13 @@ For each query the prototype:
 1. takes candidates from two places: the images whose ORB descriptors (at most 300 per image,
    on a <= 320 px grey copy, in a faiss binary IVF index) are nearest to the query's 600, by
    votes; and the product `copy` feature's 10 nearest (min Hamming over its code pairs);
-2. verifies each candidate: ratio-tested descriptor matches, a RANSAC similarity transform,
-   then the candidate warped into the query's frame (border-trimmed) and compared: how much of
-   the query it covers, correlation of the whole overlap, median and upper quartile of 16 px
-   block correlations (robust to captions and logos), mean differences, high-pass correlation;
+2. verifies each candidate: a RANSAC similarity transform from the keypoint pairs that voted
+   for it (ratio-tested brute-force matches where fewer than 12 did), then the candidate warped
+   into the query's frame (border-trimmed) and compared: how much of the query, and of the
+   query's content (pixels that are not flat: padding and bars are not), it covers;
+   correlation of the whole overlap; median and upper quartile of 16 px block correlations
+   (robust to captions and logos) and the share of blocks that agree; mean differences;
+   high-pass correlation;
 3. scores each candidate with a logistic model of those numbers, fitted on the tuning half only
    (a candidate is right when it contains every pixel the query shows); the top-scored
    candidate is the answer, and its score against a threshold is the verdict.
@@ -42,15 +45,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from bench import copy_verdicts as verdicts
 from bench.copy_scale import (
-    Query,
-    copy_set,
     first_is_right,
     kind_column,
-    make_query,
-    originals,
     recall_row,
 )
+from bench.copy_set import copy_set
 from consumers.features import border_trim, copy_signature, multi_hash
 from consumers.features.catalog import COPY
 from consumers.features.decode import decode_image
@@ -63,11 +64,13 @@ QUERY_KEYPOINTS = 600
 VOTED = 40  # candidates by descriptor votes
 HASHED = 10  # candidates by the copy feature
 MIN_INLIERS = 8
+NEIGHBOURS = 32  # gallery descriptors looked up per query descriptor
+INDEX_PAIRS = 12  # a candidate with fewer voting keypoint pairs is matched by brute force
 BLOCK = 16
 CODE_BYTES = copy_signature.CODE_BITS // 8
 # What photometric() says of a candidate that could not be aligned: covers nothing, correlates
 # with nothing, differs as much as 8-bit pixels can.
-NOT_ALIGNED = (0.0, 0.0, 0.0, 0.0, 255.0, 255.0, 0.0)
+NOT_ALIGNED = (0.0, 0.0, 0.0, 0.0, 255.0, 255.0, 0.0, 0.0, 0.0)
 Floats = NDArray[np.float64]
 
 
@@ -112,6 +115,14 @@ def describe(img: Image.Image, keypoints: int, query: bool) -> Described:
     return Described(points, np.asarray(descriptors, dtype=np.uint8), grey, codes, stored)
 
 
+@dataclass
+class Candidate:
+    picked: list[int]  # gallery numbers, by votes, then the copy feature's nearest
+    votes: Counter[int]
+    pairs: dict[int, list[tuple[int, int]]]  # (query keypoint, its keypoint) that voted
+    nearest: list[tuple[int, float]]  # the copy feature's nearest, with distances
+
+
 class Candidates:
     """Both candidate sources over one gallery: ORB descriptor votes, and the product's copy
     feature in the product's own engine."""
@@ -119,6 +130,7 @@ class Candidates:
     def __init__(self, gallery: Sequence[Described]) -> None:
         self.gallery = gallery
         self.owner = np.concatenate([np.full(len(g.points), i) for i, g in enumerate(gallery)])
+        self.keypoint = np.concatenate([np.arange(len(g.points)) for g in gallery])
         descriptors = np.concatenate([g.descriptors for g in gallery])
         self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, 1024)
         self.index.train(descriptors)
@@ -128,19 +140,24 @@ class Candidates:
         ids = [str(i) for i in range(len(gallery))]
         self.hashes.upsert_many(ids, b"".join(b"".join(g.codes) for g in gallery))
 
-    def of(self, query: Described) -> tuple[list[int], Counter[int], list[tuple[int, float]]]:
-        """Candidates (voted first), their votes, and the copy feature's nearest with distances."""
+    def of(self, query: Described) -> Candidate:
+        """Candidates (voted first), their votes and the keypoint pairs that voted, and the
+        copy feature's nearest with distances."""
         votes: Counter[int] = Counter()
+        pairs: dict[int, list[tuple[int, int]]] = {}
         if len(query.descriptors):
-            distances, ids = self.index.search(query.descriptors, 8)
-            for row_d, row_i in zip(distances, ids, strict=True):
-                for d, i in zip(row_d, row_i, strict=True):
-                    if i >= 0 and d <= 64:
-                        votes[int(self.owner[i])] += 1 / (1 + d / 16)
+            distances, ids = self.index.search(query.descriptors, NEIGHBOURS)
+            near = (ids >= 0) & (distances <= 64)
+            rows, cols = np.nonzero(near)
+            found = ids[rows, cols]
+            for q, i, d in zip(rows, found, distances[rows, cols], strict=True):
+                owner = int(self.owner[i])
+                votes[owner] += 1 / (1 + d / 16)
+                pairs.setdefault(owner, []).append((int(q), int(self.keypoint[i])))
         nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, HASHED)]
         picked = [i for i, _ in votes.most_common(VOTED)]
         picked += [i for i, _ in nearest if i not in picked]
-        return picked, votes, nearest
+        return Candidate(picked, votes, pairs, nearest)
 
     def hash_distance(self, query: Described, candidate: int) -> float:
         return float(multi_hash.distance(query.codes, self.gallery[candidate].codes))
@@ -149,16 +166,24 @@ class Candidates:
 MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 
 
-def transform(query: Described, candidate: Described) -> tuple[int, NDArray[np.float64] | None]:
-    """Inliers and the similarity transform (query -> candidate coordinates), if plausible."""
+def matched(query: Described, candidate: Described) -> list[tuple[int, int]]:
+    """Ratio-tested nearest descriptor pairs (query keypoint, candidate keypoint)."""
     if len(candidate.descriptors) < 2 or len(query.descriptors) < 2:
-        return 0, None
+        return []
     pairs = [m for m in MATCHER.knnMatch(query.descriptors, candidate.descriptors, k=2) if m]
     good = [m[0] for m in pairs if len(m) == 1 or m[0].distance < 0.85 * m[1].distance]
-    if len(good) < 5:
+    return [(m.queryIdx, m.trainIdx) for m in good]
+
+
+def transform(
+    query: Described, candidate: Described, pairs: list[tuple[int, int]]
+) -> tuple[int, NDArray[np.float64] | None]:
+    """Inliers and the similarity transform (query -> candidate coordinates) the keypoint
+    `pairs` support, if plausible."""
+    if len(pairs) < 5:
         return 0, None
-    source = query.points[[m.queryIdx for m in good]]
-    target = candidate.points[[m.trainIdx for m in good]]
+    source = query.points[[q for q, _ in pairs]]
+    target = candidate.points[[c for _, c in pairs]]
     matrix, inliers = cv2.estimateAffinePartial2D(
         source, target, method=cv2.RANSAC, ransacReprojThreshold=5.0
     )
@@ -179,18 +204,20 @@ def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
     return cut.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
 
 
-def block_correlations(
+def block_evidence(
     q: NDArray[np.float32], warped: NDArray[np.float32], mask: NDArray[np.bool_]
-) -> NDArray[np.float32]:
-    """Correlation of each tile of the query with the same tile of the aligned candidate,
-    for the tiles the candidate covers (>= 90 %) and that are not flat (std >= 5) in either."""
-    qt, wt, covered = tiles(q), tiles(warped), tiles(mask).mean(axis=1)
-    keep = (covered >= 0.9) & (qt.std(axis=1) >= 5) & (wt.std(axis=1) >= 5)
+) -> tuple[NDArray[np.float32], float]:
+    """Tile by tile: the correlations of the query's tiles with the aligned candidate's where
+    the candidate covers them (>= 90 %) and neither is flat (std >= 5); and the share of the
+    query's textured tiles that correlate >= 0.5."""
+    qt, wt, covered = tiles(q), tiles(warped), tiles(mask).mean(axis=1) >= 0.9
+    textured = qt.std(axis=1) >= 5
+    keep = covered & textured & (wt.std(axis=1) >= 5)
     qa = qt[keep] - qt[keep].mean(axis=1, keepdims=True)
     wa = wt[keep] - wt[keep].mean(axis=1, keepdims=True)
     norms = np.linalg.norm(qa, axis=1) * np.linalg.norm(wa, axis=1) + 1e-6
     out: NDArray[np.float32] = (qa * wa).sum(axis=1) / norms
-    return out
+    return out, float((out >= 0.5).sum() / max(int(textured.sum()), 1))
 
 
 def photometric(query: Described, candidate: Described, matrix: NDArray[np.float64]) -> list[float]:
@@ -203,7 +230,12 @@ def photometric(query: Described, candidate: Described, matrix: NDArray[np.float
     if mask.sum() < 200:
         return [float(mask.mean()), *NOT_ALIGNED[1:]]
     a, b = q[mask], warped[mask]
-    blocks = block_correlations(q, warped, mask)
+    blocks, agree = block_evidence(q, warped, mask)
+    # The query's content: pixels whose 7 x 7 neighbourhood is not flat (padding and bars are
+    # not content); how much of it the candidate covers.
+    mean = cv2.blur(q, (7, 7))
+    content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= 4
+    content_cover = float((content & mask).sum() / max(int(content.sum()), 1))
     median = float(np.median(blocks)) if len(blocks) >= 4 else 0.0
     upper = float(np.percentile(blocks, 75)) if len(blocks) >= 4 else 0.0
     detail_q, detail_w = q - cv2.blur(q, (3, 3)), warped - cv2.blur(warped, (3, 3))
@@ -215,22 +247,31 @@ def photometric(query: Described, candidate: Described, matrix: NDArray[np.float
         float(np.abs((a - a.mean()) - (b - b.mean())).mean()),
         float(np.abs(a - b).mean()),
         correlation(detail_q[mask], detail_w[mask]),
+        content_cover,  # share of the query's content the candidate covers
+        agree,  # share of the query's textured tiles that correlate >= 0.5
     ]
 
 
 COVER, BLOCK_MEDIAN = 2, 4  # where evidence() puts the coverage and the median block correlation
 
 
-def evidence(query: Described, candidate: Described, hashed: float, votes: float) -> Floats:
-    """The numbers the scorer weighs for one (query, candidate) pair."""
-    inliers, matrix = transform(query, candidate)
+def evidence(
+    query: Described, candidate: Described, pairs: list[tuple[int, int]], hashed: float,
+    votes: float,
+) -> Floats:  # fmt: skip
+    """The numbers the scorer weighs for one (query, candidate) pair: `pairs` are the keypoint
+    pairs that voted for it (too few: its descriptors are matched to the query's here)."""
+    if len(pairs) < INDEX_PAIRS:
+        pairs = matched(query, candidate)
+    inliers, matrix = transform(query, candidate, pairs)
     verified = matrix is not None and inliers >= MIN_INLIERS
     aligned = photometric(query, candidate, matrix) if verified and matrix is not None else None
-    cover, whole, median, upper, spread, raw, detail = aligned or NOT_ALIGNED
+    cover, whole, median, upper, spread, raw, detail, content, agree = aligned or NOT_ALIGNED
     v = float(verified)
     return np.array(
         [1.0, np.log1p(inliers), cover, whole, median, upper, spread / 50, hashed / 100,
-         np.log1p(votes), v, cover * median, cover * whole, raw / 50, detail, detail * cover]
+         np.log1p(votes), v, cover * median, cover * whole, raw / 50, detail, detail * cover,
+         content, agree, content * median]
     )  # fmt: skip
 
 
@@ -242,29 +283,6 @@ def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Flo
         hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(len(w))
         w -= np.linalg.solve(hessian, x.T @ (p - y) + l2 * w)
     return w
-
-
-def threshold_for(scores: Floats, correct: NDArray[np.bool_], precision: float) -> float:
-    """The lowest threshold whose verdicts (score >= it) reach `precision` on this half."""
-    for t in np.sort(np.unique(scores)):
-        kept = correct[scores >= t]
-        if len(kept) and kept.mean() >= precision:
-            return float(t)
-    return float("inf")
-
-
-def verdict_row(name: str, scores: Floats, correct: NDArray[np.bool_], is_copy: NDArray[np.bool_],
-                tune: NDArray[np.bool_], precision: float, sign: int = 1) -> str:  # fmt: skip
-    """Threshold on the tuning half; precision and recall at it on the held-out half.
-
-    Verdict: copy when sign * score >= sign * threshold (sign -1: a distance, lower = copy)."""
-    t = threshold_for(sign * scores[tune], correct[tune], precision)
-    held = ~tune
-    said = held & (sign * scores >= t)
-    held_precision = correct[said].mean() if said.any() else float("nan")
-    recall = (correct & said).sum() / (held & is_copy).sum()
-    false = int((said & ~correct).sum())
-    return f"| {name} | {sign * t:.3g} | {held_precision:.3f} | {recall:.3f} | {false} |"
 
 
 @dataclass
@@ -292,11 +310,13 @@ def answer(made: list[bytes], gallery: list[Described], right: list[frozenset[in
     for n, data in enumerate(made):
         t0 = time.perf_counter()
         query = describe(decode_image(data, max_pixels=10**8), QUERY_KEYPOINTS, query=True)
-        picked, votes, nearest = candidates.of(query)
+        found = candidates.of(query)
+        picked, votes, nearest = found.picked, found.votes, found.nearest
         near = dict(nearest)
         for c in picked:
             d = near[c] if c in near else candidates.hash_distance(query, c)
-            rows.append((n, c, evidence(query, gallery[c], d, votes.get(c, 0.0))))
+            pairs = found.pairs.get(c, [])
+            rows.append((n, c, evidence(query, gallery[c], pairs, d, votes.get(c, 0.0))))
         took.append(time.perf_counter() - t0)
         hashed.append(nearest)
         if n % 100 == 0:
@@ -314,13 +334,6 @@ def answer(made: list[bytes], gallery: list[Described], right: list[frozenset[in
             top[which[r]], verified[which[r]] = score[r], cand[r]
     pairs = [(n, c) for n, c, _ in rows]
     return Answers(verified, top, hashed, took, pairs, x)
-
-
-def non_copies(count: int, outside: list[int], rng: np.random.Generator) -> list[Query]:
-    """Copies of originals cut from photographs outside the gallery: not copies of anything
-    in it (one of them is the other eye's view of a gallery photograph's scene)."""
-    made, _ = originals(count, rng, outside)
-    return [make_query(img, rng) for img in made]
 
 
 def explain_misses(got: Answers, right: list[frozenset[int]], chosen: NDArray[np.bool_]) -> str:
@@ -357,8 +370,8 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     cv2.setNumThreads(1)
     started = time.perf_counter()
-    copies = copy_set(args.originals, args.queries, args.seed)
-    others = non_copies(args.non_copies, copies.outside, np.random.default_rng(args.seed + 1))
+    copies = copy_set(args.originals, args.queries, args.seed, args.non_copies)
+    others = copies.non_copies
     made = copies.queries + others
     right = copies.right + [frozenset() for _ in others]
     strict = copies.strict + [frozenset() for _ in others]
@@ -397,15 +410,20 @@ def main() -> None:
         found = {"hashed": hashed, "verified": checked}
     print(f"Verdicts (threshold chosen on the tuning half for precision >= {args.precision}; "
           "a verdict is right when its answer contains the copy's pixels):\n")  # fmt: skip
-    print("| method | threshold | held-out precision | held-out recall | false copies |")
-    print("| --- | --- | --- | --- | --- |")
+    print(verdicts.HEADER)
     distance = np.array([h[0][1] for h in got.nearest])
     name = "copy: closest code pair, bits (at most = copy)"
-    print(verdict_row(name, distance, found["hashed"], is_copy, tune, args.precision, sign=-1))
+    print(
+        verdicts.verdict_row(
+            name, distance, found["hashed"], is_copy, tune, args.precision, sign=-1
+        )
+    )
     name = "copy + verification: score"
-    print(verdict_row(name, got.score, found["verified"], is_copy, tune, args.precision))
-    crops = tune & is_copy & np.array([k == "crop" for k in kinds])
-    print(f"\nCrops of the tuning half: {explain_misses(got, right, crops)}")
+    print(verdicts.verdict_row(name, got.score, found["verified"], is_copy, tune, args.precision))
+    print("\nMisses of the tuning half, by kind:")
+    for kind in sorted({k for k, c in zip(kinds, is_copy, strict=True) if c}):
+        chosen = tune & is_copy & np.array([k == kind for k in kinds])
+        print(f"- {kind}: {explain_misses(got, right, chosen)}")
     stored = statistics.mean(g.stored_bytes for g in gallery)
     code_bytes = len(b"".join(gallery[0].codes))
     print(f"\nquery p50 {1000 * statistics.median(got.took):.0f} ms, p90 "
