@@ -10,11 +10,12 @@ are the tuning half; only the held-out half is reported.
 
 For each query the prototype:
 1. takes candidates from two places: the images whose ORB descriptors (at most 300 per image,
-   on a <= 320 px grey copy, in a faiss binary IVF index) are nearest to the query's 600, by
-   votes; and the product `copy` feature's 10 nearest (min Hamming over its code pairs);
-2. verifies each candidate: a RANSAC similarity transform from the keypoint pairs that voted
-   for it (ratio-tested brute-force matches where fewer than 12 did), then the candidate warped
-   into the query's frame (border-trimmed) and compared: how much of the query, and of the
+   on a <= 320 px grey copy, consumers/features/copy_keypoints.py; in a faiss binary IVF
+   index, index_store/keypoint_votes.py) are nearest to the query's 600, by votes; and the
+   product `copy` feature's 10 nearest (min Hamming over its code pairs);
+2. verifies each candidate (index_store/alignment.py): a RANSAC similarity transform from the
+   keypoint pairs that voted for it (ratio-tested brute-force matches where fewer than 12
+   did), then the candidate warped into the query's frame (border-trimmed) and compared: how much of the query, and of the
    query's content (pixels that are not flat: padding and bars are not), it covers;
    correlation of the whole overlap; median and upper quartile of 16 px block correlations
    (robust to captions and logos) and the share of blocks that agree; mean differences;
@@ -26,16 +27,16 @@ For each query the prototype:
 Printed side by side: recall@1 per kind of transform for `copy` alone and with verification;
 for each, the verdict threshold chosen on the tuning half for precision >= 0.99 (the issue's
 target) and the held-out precision and recall at it; query time (this gallery, one thread);
-storage per image. This is a benchmark-only prototype: nothing here runs in the stack yet.
+storage per image (index_store/keypoints.py's packed keypoints and the copy codes). Keypoints,
+votes and alignment are product modules; the candidate mix and the scorer are fitted and run
+here: nothing of this runs in the stack yet.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,80 +47,43 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bench import copy_verdicts as verdicts
-from bench.copy_scale import (
-    first_is_right,
-    kind_column,
-    recall_row,
-)
+from bench.copy_scale import first_is_right, kind_column, recall_row
 from bench.copy_set import copy_set
-from consumers.features import border_trim, copy_signature, multi_hash
+from consumers.features import copy_keypoints, copy_signature, multi_hash
 from consumers.features.catalog import COPY
 from consumers.features.decode import decode_image
+from index_store import alignment
 from index_store.engines.factory import EngineFactory
+from index_store.keypoint_votes import KeypointVotes, Votes
+from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import jpeg
 
-SIDE = 320  # local features and the photometric check look at a <= 320 px grey copy
-GALLERY_KEYPOINTS = 300
-QUERY_KEYPOINTS = 600
 VOTED = 40  # candidates by descriptor votes
 HASHED = 10  # candidates by the copy feature
-MIN_INLIERS = 8
-NEIGHBOURS = 32  # gallery descriptors looked up per query descriptor
-INDEX_PAIRS = 12  # a candidate with fewer voting keypoint pairs is matched by brute force
-BLOCK = 16
 CODE_BYTES = copy_signature.CODE_BITS // 8
-# What photometric() says of a candidate that could not be aligned: covers nothing, correlates
-# with nothing, differs as much as 8-bit pixels can.
-NOT_ALIGNED = (0.0, 0.0, 0.0, 0.0, 255.0, 255.0, 0.0, 0.0, 0.0)
 Floats = NDArray[np.float64]
 
 
 @dataclass
 class Described:
-    points: NDArray[np.float32]  # keypoint (x, y) on the grey copy
-    descriptors: NDArray[np.uint8]  # ORB, 32 bytes each
-    grey: NDArray[np.uint8]  # the <= 320 px grey copy (stored as a JPEG: see stored_bytes)
+    keypoints: Keypoints  # a gallery image's as stored (packed and unpacked), or a query's
     codes: list[bytes]  # the product copy feature's codes: indexed (gallery) or query ones
-    stored_bytes: int = 0
+    stored_bytes: int = 0  # a gallery image's packed keypoints and copy codes
 
 
-def grey_copy(img: Image.Image) -> NDArray[np.uint8]:
-    grey = np.asarray(img.convert("L"))
-    h, w = grey.shape
-    scale = SIDE / max(h, w)
-    if scale < 1:
-        grey = cv2.resize(grey, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    return grey
-
-
-def describe(img: Image.Image, keypoints: int, query: bool) -> Described:
-    framed = border_trim.framings(img)[-1] if query else img
-    grey = grey_copy(framed)
-    orb = cv2.ORB.create(nfeatures=keypoints, edgeThreshold=15, fastThreshold=10)
-    found, descriptors = orb.detectAndCompute(grey, None)
-    if descriptors is None:
-        points, descriptors = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
-    else:
-        points = np.array([k.pt for k in found], np.float32)
+def describe(img: Image.Image, query: bool) -> Described:
     if query:
-        codes = COPY.query_vectors(img)
-    else:
-        vector = COPY.describe_batch([img])[0]
-        codes = [vector[i : i + CODE_BYTES] for i in range(0, len(vector), CODE_BYTES)]
-    stored = 0
-    if not query:  # what an index would keep: descriptors, points as float16, grey JPEG
-        buffer = io.BytesIO()
-        Image.fromarray(grey).save(buffer, "JPEG", quality=90)
-        grey = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
-        stored = descriptors.nbytes + points.size * 2 + buffer.tell() + len(b"".join(codes))
-    return Described(points, np.asarray(descriptors, dtype=np.uint8), grey, codes, stored)
+        return Described(copy_keypoints.query(img), COPY.query_vectors(img))
+    vector = COPY.describe_batch([img])[0]
+    codes = [vector[i : i + CODE_BYTES] for i in range(0, len(vector), CODE_BYTES)]
+    packed = pack(copy_keypoints.describe(img))
+    return Described(unpack(packed), codes, len(packed) + len(vector))
 
 
 @dataclass
 class Candidate:
     picked: list[int]  # gallery numbers, by votes, then the copy feature's nearest
-    votes: Counter[int]
-    pairs: dict[int, list[tuple[int, int]]]  # (query keypoint, its keypoint) that voted
+    votes: Votes
     nearest: list[tuple[int, float]]  # the copy feature's nearest, with distances
 
 
@@ -129,13 +93,7 @@ class Candidates:
 
     def __init__(self, gallery: Sequence[Described]) -> None:
         self.gallery = gallery
-        self.owner = np.concatenate([np.full(len(g.points), i) for i, g in enumerate(gallery)])
-        self.keypoint = np.concatenate([np.arange(len(g.points)) for g in gallery])
-        descriptors = np.concatenate([g.descriptors for g in gallery])
-        self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, 1024)
-        self.index.train(descriptors)
-        self.index.add(descriptors)
-        self.index.nprobe = 16
+        self.votes = KeypointVotes([g.keypoints for g in gallery])
         self.hashes = EngineFactory("exact").make(COPY.metric, COPY.dim, COPY.codes_per_item)
         ids = [str(i) for i in range(len(gallery))]
         self.hashes.upsert_many(ids, b"".join(b"".join(g.codes) for g in gallery))
@@ -143,135 +101,30 @@ class Candidates:
     def of(self, query: Described) -> Candidate:
         """Candidates (voted first), their votes and the keypoint pairs that voted, and the
         copy feature's nearest with distances."""
-        votes: Counter[int] = Counter()
-        pairs: dict[int, list[tuple[int, int]]] = {}
-        if len(query.descriptors):
-            distances, ids = self.index.search(query.descriptors, NEIGHBOURS)
-            near = (ids >= 0) & (distances <= 64)
-            rows, cols = np.nonzero(near)
-            found = ids[rows, cols]
-            for q, i, d in zip(rows, found, distances[rows, cols], strict=True):
-                owner = int(self.owner[i])
-                votes[owner] += 1 / (1 + d / 16)
-                pairs.setdefault(owner, []).append((int(q), int(self.keypoint[i])))
+        votes = self.votes.vote(query.keypoints)
         nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, HASHED)]
-        picked = [i for i, _ in votes.most_common(VOTED)]
+        picked = votes.most(VOTED)
         picked += [i for i, _ in nearest if i not in picked]
-        return Candidate(picked, votes, pairs, nearest)
+        return Candidate(picked, votes, nearest)
 
     def hash_distance(self, query: Described, candidate: int) -> float:
         return float(multi_hash.distance(query.codes, self.gallery[candidate].codes))
 
 
-MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
-
-
-def matched(query: Described, candidate: Described) -> list[tuple[int, int]]:
-    """Ratio-tested nearest descriptor pairs (query keypoint, candidate keypoint)."""
-    if len(candidate.descriptors) < 2 or len(query.descriptors) < 2:
-        return []
-    pairs = [m for m in MATCHER.knnMatch(query.descriptors, candidate.descriptors, k=2) if m]
-    good = [m[0] for m in pairs if len(m) == 1 or m[0].distance < 0.85 * m[1].distance]
-    return [(m.queryIdx, m.trainIdx) for m in good]
-
-
-def transform(
-    query: Described, candidate: Described, pairs: list[tuple[int, int]]
-) -> tuple[int, NDArray[np.float64] | None]:
-    """Inliers and the similarity transform (query -> candidate coordinates) the keypoint
-    `pairs` support, if plausible."""
-    if len(pairs) < 5:
-        return 0, None
-    source = query.points[[q for q, _ in pairs]]
-    target = candidate.points[[c for _, c in pairs]]
-    matrix, inliers = cv2.estimateAffinePartial2D(
-        source, target, method=cv2.RANSAC, ransacReprojThreshold=5.0
-    )
-    if matrix is None or not 0.25 < np.sqrt(abs(np.linalg.det(matrix[:, :2]))) < 4:
-        return 0, None
-    return int(inliers.sum()), np.asarray(matrix, dtype=np.float64)
-
-
-def correlation(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
-    a0, b0 = a - a.mean(), b - b.mean()
-    return float(a0 @ b0 / (np.linalg.norm(a0) * np.linalg.norm(b0) + 1e-6))
-
-
-def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
-    """`a` cut into BLOCK x BLOCK tiles (the ragged edge dropped), one row per tile."""
-    rows, cols = a.shape[0] // BLOCK, a.shape[1] // BLOCK
-    cut = a[: rows * BLOCK, : cols * BLOCK].astype(np.float32)
-    return cut.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
-
-
-def block_evidence(
-    q: NDArray[np.float32], warped: NDArray[np.float32], mask: NDArray[np.bool_]
-) -> tuple[NDArray[np.float32], float]:
-    """Tile by tile: the correlations of the query's tiles with the aligned candidate's where
-    the candidate covers them (>= 90 %) and neither is flat (std >= 5); and the share of the
-    query's textured tiles that correlate >= 0.5."""
-    qt, wt, covered = tiles(q), tiles(warped), tiles(mask).mean(axis=1) >= 0.9
-    textured = qt.std(axis=1) >= 5
-    keep = covered & textured & (wt.std(axis=1) >= 5)
-    qa = qt[keep] - qt[keep].mean(axis=1, keepdims=True)
-    wa = wt[keep] - wt[keep].mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(qa, axis=1) * np.linalg.norm(wa, axis=1) + 1e-6
-    out: NDArray[np.float32] = (qa * wa).sum(axis=1) / norms
-    return out, float((out >= 0.5).sum() / max(int(textured.sum()), 1))
-
-
-def photometric(query: Described, candidate: Described, matrix: NDArray[np.float64]) -> list[float]:
-    h, w = query.grey.shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(candidate.grey, matrix, (w, h), flags=flags).astype(np.float32)
-    full = np.full(candidate.grey.shape, 255, np.uint8)
-    mask = cv2.warpAffine(full, matrix, (w, h), flags=cv2.INTER_NEAREST | flags) > 0
-    q = query.grey.astype(np.float32)
-    if mask.sum() < 200:
-        return [float(mask.mean()), *NOT_ALIGNED[1:]]
-    a, b = q[mask], warped[mask]
-    blocks, agree = block_evidence(q, warped, mask)
-    # The query's content: pixels whose 7 x 7 neighbourhood is not flat (padding and bars are
-    # not content); how much of it the candidate covers.
-    mean = cv2.blur(q, (7, 7))
-    content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= 4
-    content_cover = float((content & mask).sum() / max(int(content.sum()), 1))
-    median = float(np.median(blocks)) if len(blocks) >= 4 else 0.0
-    upper = float(np.percentile(blocks, 75)) if len(blocks) >= 4 else 0.0
-    detail_q, detail_w = q - cv2.blur(q, (3, 3)), warped - cv2.blur(warped, (3, 3))
-    return [
-        float(mask.mean()),  # share of the query the candidate covers
-        correlation(a, b),
-        median,
-        upper,
-        float(np.abs((a - a.mean()) - (b - b.mean())).mean()),
-        float(np.abs(a - b).mean()),
-        correlation(detail_q[mask], detail_w[mask]),
-        content_cover,  # share of the query's content the candidate covers
-        agree,  # share of the query's textured tiles that correlate >= 0.5
-    ]
-
-
 COVER, BLOCK_MEDIAN = 2, 4  # where evidence() puts the coverage and the median block correlation
 
 
-def evidence(
-    query: Described, candidate: Described, pairs: list[tuple[int, int]], hashed: float,
-    votes: float,
-) -> Floats:  # fmt: skip
+def evidence(query: Described, candidate: Described, pairs: alignment.Pairs | None,
+             hashed: float, votes: float) -> Floats:  # fmt: skip
     """The numbers the scorer weighs for one (query, candidate) pair: `pairs` are the keypoint
-    pairs that voted for it (too few: its descriptors are matched to the query's here)."""
-    if len(pairs) < INDEX_PAIRS:
-        pairs = matched(query, candidate)
-    inliers, matrix = transform(query, candidate, pairs)
-    verified = matrix is not None and inliers >= MIN_INLIERS
-    aligned = photometric(query, candidate, matrix) if verified and matrix is not None else None
-    cover, whole, median, upper, spread, raw, detail, content, agree = aligned or NOT_ALIGNED
-    v = float(verified)
+    pairs that voted for it."""
+    a = alignment.align(query.keypoints, candidate.keypoints, pairs)
+    v = float(a.aligned)
     return np.array(
-        [1.0, np.log1p(inliers), cover, whole, median, upper, spread / 50, hashed / 100,
-         np.log1p(votes), v, cover * median, cover * whole, raw / 50, detail, detail * cover,
-         content, agree, content * median]
+        [1.0, np.log1p(a.inliers), a.cover, a.whole, a.block_median, a.block_upper,
+         a.spread / 50, hashed / 100, np.log1p(votes), v, a.cover * a.block_median,
+         a.cover * a.whole, a.difference / 50, a.detail, a.detail * a.cover, a.content,
+         a.agree, a.content * a.block_median]
     )  # fmt: skip
 
 
@@ -309,14 +162,14 @@ def answer(made: list[bytes], gallery: list[Described], right: list[frozenset[in
     took: list[float] = []
     for n, data in enumerate(made):
         t0 = time.perf_counter()
-        query = describe(decode_image(data, max_pixels=10**8), QUERY_KEYPOINTS, query=True)
+        query = describe(decode_image(data, max_pixels=10**8), query=True)
         found = candidates.of(query)
         picked, votes, nearest = found.picked, found.votes, found.nearest
         near = dict(nearest)
         for c in picked:
             d = near[c] if c in near else candidates.hash_distance(query, c)
-            pairs = found.pairs.get(c, [])
-            rows.append((n, c, evidence(query, gallery[c], pairs, d, votes.get(c, 0.0))))
+            pairs = votes.pairs.get(c)
+            rows.append((n, c, evidence(query, gallery[c], pairs, d, votes.weight.get(c, 0.0))))
         took.append(time.perf_counter() - t0)
         hashed.append(nearest)
         if n % 100 == 0:
@@ -378,8 +231,7 @@ def main() -> None:
     kinds = [q.kind for q in made]
     tune = np.concatenate([copies.source % 2 == 0, np.arange(args.non_copies) % 2 == 0])
     gallery = [
-        describe(decode_image(jpeg(g), max_pixels=10**8), GALLERY_KEYPOINTS, query=False)
-        for g in copies.gallery
+        describe(decode_image(jpeg(g), max_pixels=10**8), query=False) for g in copies.gallery
     ]
     print(f"gallery described in {time.perf_counter() - started:.0f}s", flush=True)
     got = answer([q.data for q in made], gallery, right, tune)

@@ -1,0 +1,57 @@
+"""Keypoints for copy verification: ORB on a <= 320 px grey copy of the picture.
+
+A copy that keeps only part of its original (a crop at any place and aspect, a crop of a
+turned or padded copy) has no global hash in common with it, but most of its corners and
+edges are still there, at one scale and angle: ORB keypoints (FAST corners, oriented BRIEF
+descriptors of 256 bits, over a scale pyramid) find them, and index_store/alignment.py checks
+that they agree on one similarity transform and that the pixels it aligns match.
+
+An indexed image keeps INDEXED keypoints, a query looks for QUERY (more: its matches must be
+among the original's). A query is border-trimmed first (border_trim), as the copy feature's
+hashes are: padding has no keypoints but moves everything else.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from consumers.features import border_trim
+from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
+
+SIDE = 320  # longest side of the grey copy keypoints are found on
+INDEXED = 300
+QUERY = 600
+EDGE = 15  # pixels at the border without keypoints (ORB's patch must fit)
+FAST_THRESHOLD = 10  # lower than ORB's default 20: small, soft pictures still get corners
+
+
+def grey_copy(img: Image.Image) -> NDArray[np.uint8]:
+    """The picture in grey, its longest side at most SIDE (area-averaged)."""
+    grey = np.asarray(img.convert("L"))
+    h, w = grey.shape
+    scale = SIDE / max(h, w)
+    if scale < 1:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(grey, dtype=np.uint8)
+
+
+def describe(img: Image.Image, keypoints: int = INDEXED, trim: bool = False) -> Keypoints:
+    """Up to `keypoints` ORB keypoints of `img` (borders trimmed first if `trim`)."""
+    framed = border_trim.framings(img)[-1] if trim else img
+    grey = grey_copy(framed)
+    orb = cv2.ORB.create(nfeatures=keypoints, edgeThreshold=EDGE, fastThreshold=FAST_THRESHOLD)
+    found, descriptors = orb.detectAndCompute(grey, None)
+    if descriptors is None or not found:
+        empty_points = np.zeros((0, 2), np.float32)
+        return Keypoints(empty_points, np.zeros((0, DESCRIPTOR_BYTES), np.uint8), grey)
+    points = np.array([k.pt for k in found], np.float32)
+    return Keypoints(points, np.asarray(descriptors, np.uint8), grey)
+
+
+def query(img: Image.Image) -> Keypoints:
+    """A query's keypoints: borders trimmed, QUERY of them."""
+    return describe(img, QUERY, trim=True)

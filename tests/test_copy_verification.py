@@ -1,0 +1,106 @@
+"""Copy verification's parts: keypoints kept in one byte layout, votes that find the picture a
+crop was cut from, and an alignment that tells a copy from a picture of the same kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from consumers.features import copy_keypoints
+from index_store.alignment import MIN_INLIERS, align
+from index_store.keypoint_votes import KeypointVotes
+from index_store.keypoints import BadKeypoints, Keypoints, pack, unpack
+from lookalike.samples import photo
+
+NAMES = ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "clock", "coins")
+
+
+def cropped(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """The part of `img` in `box` (shares of its width and height)."""
+    w, h = img.size
+    return img.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+
+
+def stored(img: Image.Image) -> Keypoints:
+    """An indexed image's keypoints as the store gives them back."""
+    return unpack(pack(copy_keypoints.describe(img)))
+
+
+def test_packed_keypoints_come_back_as_they_were() -> None:
+    described = copy_keypoints.describe(photo("coffee"))
+    back = unpack(pack(described))
+    assert 100 <= len(back) <= copy_keypoints.INDEXED
+    np.testing.assert_array_equal(back.descriptors, described.descriptors)
+    np.testing.assert_allclose(back.points, described.points, atol=0.25)  # float16 on 320 px
+    assert back.grey.shape == described.grey.shape
+    assert max(back.grey.shape) == copy_keypoints.SIDE
+    grey_error = np.abs(back.grey.astype(int) - described.grey.astype(int)).mean()
+    assert grey_error < 3  # a JPEG at quality 90
+
+
+def test_bytes_that_are_not_keypoints_say_why() -> None:
+    packed = pack(copy_keypoints.describe(photo("rocket")))
+    with pytest.raises(BadKeypoints, match="magic"):
+        unpack(b"XXXX" + packed[4:])
+    with pytest.raises(BadKeypoints, match="cannot hold"):
+        unpack(packed[:200])
+    with pytest.raises(BadKeypoints, match="shorter than the header"):
+        unpack(b"LK")
+
+
+def test_a_flat_picture_has_no_keypoints_and_still_packs() -> None:
+    flat = copy_keypoints.describe(Image.new("RGB", (200, 100), (90, 90, 90)))
+    assert len(flat) == 0
+    assert len(unpack(pack(flat))) == 0
+
+
+def test_an_off_centre_crop_aligns_with_its_original_and_covers_its_content() -> None:
+    original = photo("astronaut")
+    query = copy_keypoints.query(cropped(original, (0.35, 0.05, 0.95, 0.6)))
+    found = align(query, stored(original))
+    assert found.aligned and found.inliers >= 3 * MIN_INLIERS
+    assert found.cover > 0.97 and found.content > 0.97
+    assert found.block_median > 0.9 and found.whole > 0.9
+
+
+def test_a_turned_padded_and_captioned_copy_still_aligns() -> None:
+    original = photo("coffee")
+    copy = ImageOps.expand(original.rotate(9, fillcolor=(0, 0, 0)), border=40, fill="white")
+    ImageDraw.Draw(copy).rectangle((0, copy.height - 50, copy.width, copy.height), fill="red")
+    found = align(copy_keypoints.query(copy), stored(original))
+    assert found.aligned
+    assert found.block_median > 0.8
+
+
+def test_another_photograph_does_not_align() -> None:
+    query = copy_keypoints.query(cropped(photo("chelsea"), (0.1, 0.1, 0.8, 0.8)))
+    for other in ("coffee", "brick", "camera"):
+        found = align(query, stored(photo(other)))
+        assert not found.aligned or found.block_median < 0.5, other
+
+
+def test_a_crop_of_a_neighbouring_window_is_not_covered_by_it() -> None:
+    """Two windows of one photograph share pixels; a crop reaching outside one of them is
+    covered only in part by it, and whole by the window it was cut from."""
+    scene = photo("astronaut")
+    left, right = cropped(scene, (0.0, 0.0, 0.6, 1.0)), cropped(scene, (0.4, 0.0, 1.0, 1.0))
+    query = copy_keypoints.query(cropped(right, (0.0, 0.2, 0.7, 0.8)))
+    own, neighbour = align(query, stored(right)), align(query, stored(left))
+    assert own.aligned and own.content > 0.97
+    assert neighbour.content < 0.8
+
+
+def test_votes_put_the_original_of_a_crop_first() -> None:
+    gallery = [stored(photo(name)) for name in NAMES]
+    votes = KeypointVotes(gallery, lists=16)
+    for number, name in enumerate(NAMES[:4]):
+        query = copy_keypoints.query(cropped(photo(name), (0.2, 0.25, 0.85, 0.9)))
+        found = votes.vote(query)
+        assert found.most(1) == [number], name
+        assert len(found.pairs[number]) >= 20  # pairs for alignment to start from
+
+
+def test_votes_over_an_empty_gallery_are_empty() -> None:
+    found = KeypointVotes([]).vote(copy_keypoints.query(photo("coffee")))
+    assert found.most(3) == [] and not found.pairs
