@@ -15,8 +15,9 @@ For each query the prototype:
    product `copy` feature's 10 nearest (min Hamming over its code pairs);
 2. verifies each candidate (index_store/alignment.py): a RANSAC similarity transform from the
    keypoint pairs that voted for it (ratio-tested brute-force matches where fewer than 12
-   did), then the candidate warped into the query's frame (border-trimmed) and compared: how much of the query, and of the
-   query's content (pixels that are not flat: padding and bars are not), it covers;
+   did), then the candidate warped into the query's frame (border-trimmed) and compared: how
+   much of the query, and of the query's content (pixels that are not flat: padding and bars
+   are not), it covers;
    correlation of the whole overlap; median and upper quartile of 16 px block correlations
    (robust to captions and logos) and the share of blocks that agree; mean differences;
    high-pass correlation;
