@@ -36,6 +36,7 @@ here: nothing of this runs in the stack yet.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Sequence
@@ -59,8 +60,7 @@ from index_store.keypoint_votes import KeypointVotes, Votes
 from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import jpeg
 
-VOTED = 40  # candidates by descriptor votes
-HASHED = 10  # candidates by the copy feature
+STAGES = ("describe", "candidates", "verify", "total")
 CODE_BYTES = copy_signature.CODE_BITS // 8
 Floats = NDArray[np.float64]
 
@@ -70,6 +70,11 @@ class Described:
     keypoints: Keypoints  # a gallery image's as stored (packed and unpacked), or a query's
     codes: list[bytes]  # the product copy feature's codes: indexed (gallery) or query ones
     stored_bytes: int = 0  # a gallery image's packed keypoints and copy codes
+
+    @functools.cached_property
+    def prepared(self) -> alignment.Query:
+        """A query's keypoints made ready for aligning candidates."""
+        return alignment.prepare(self.keypoints)
 
 
 def describe(img: Image.Image, query: bool) -> Described:
@@ -92,8 +97,11 @@ class Candidates:
     """Both candidate sources over one gallery: ORB descriptor votes, and the product's copy
     feature in the product's own engine."""
 
-    def __init__(self, gallery: Sequence[Described]) -> None:
+    def __init__(
+        self, gallery: Sequence[Described], voted: int, hashed: int, compared: int
+    ) -> None:
         self.gallery = gallery
+        self.voted, self.hashed, self.compared = voted, hashed, compared
         self.votes = KeypointVotes([g.keypoints for g in gallery])
         self.hashes = EngineFactory("exact").make(COPY.metric, COPY.dim, COPY.codes_per_item)
         ids = [str(i) for i in range(len(gallery))]
@@ -103,8 +111,8 @@ class Candidates:
         """Candidates (voted first), their votes and the keypoint pairs that voted, and the
         copy feature's nearest with distances."""
         votes = self.votes.vote(query.keypoints)
-        nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, HASHED)]
-        picked = votes.most(VOTED)
+        nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, self.hashed)]
+        picked = votes.most(self.voted)
         picked += [i for i, _ in nearest if i not in picked]
         return Candidate(picked, votes, nearest)
 
@@ -115,11 +123,8 @@ class Candidates:
 COVER, BLOCK_MEDIAN = 2, 4  # where evidence() puts the coverage and the median block correlation
 
 
-def evidence(query: Described, candidate: Described, pairs: alignment.Pairs | None,
-             hashed: float, votes: float) -> Floats:  # fmt: skip
-    """The numbers the scorer weighs for one (query, candidate) pair: `pairs` are the keypoint
-    pairs that voted for it."""
-    a = alignment.align(query.keypoints, candidate.keypoints, pairs)
+def evidence(a: alignment.Aligned, hashed: float, votes: float) -> Floats:
+    """The numbers the scorer weighs for one (query, candidate) pair."""
     v = float(a.aligned)
     return np.array(
         [1.0, np.log1p(a.inliers), a.cover, a.whole, a.block_median, a.block_upper,
@@ -147,31 +152,36 @@ class Answers:
     verified: NDArray[np.int64]
     score: Floats
     nearest: list[list[tuple[int, float]]]
-    took: list[float]
+    took: dict[str, list[float]]  # seconds per query, by stage (STAGES)
     # every (query, candidate) pair verified, and its evidence
     pairs: list[tuple[int, int]]
     evidence: Floats
 
 
-def answer(made: list[bytes], gallery: list[Described], right: list[frozenset[int]],
+def answer(made: list[bytes], candidates: Candidates, right: list[frozenset[int]],
            tune: NDArray[np.bool_]) -> Answers:  # fmt: skip
     """Verify every query's candidates, fit the scorer on the tuning half (a candidate is
     right when it is one of the query's `right` answers), pick answers."""
-    candidates = Candidates(gallery)
+    gallery = candidates.gallery
     rows: list[tuple[int, int, Floats]] = []
     hashed: list[list[tuple[int, float]]] = []
-    took: list[float] = []
+    took: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for n, data in enumerate(made):
         t0 = time.perf_counter()
         query = describe(decode_image(data, max_pixels=10**8), query=True)
+        t1 = time.perf_counter()
         found = candidates.of(query)
         picked, votes, nearest = found.picked, found.votes, found.nearest
+        t2 = time.perf_counter()
         near = dict(nearest)
-        for c in picked:
+        voted = [(gallery[c].keypoints, votes.pairs(c)) for c in picked]
+        aligned = alignment.align_all(query.prepared, voted, candidates.compared)
+        for c, a in zip(picked, aligned, strict=True):
             d = near[c] if c in near else candidates.hash_distance(query, c)
-            pairs = votes.pairs.get(c)
-            rows.append((n, c, evidence(query, gallery[c], pairs, d, votes.weight.get(c, 0.0))))
-        took.append(time.perf_counter() - t0)
+            rows.append((n, c, evidence(a, d, votes.weight(c))))
+        t3 = time.perf_counter()
+        for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
+            took[stage].append(seconds)
         hashed.append(nearest)
         if n % 100 == 0:
             print(f"  {n}/{len(made)} queries", flush=True)
@@ -220,6 +230,11 @@ def main() -> None:
     parser.add_argument("--non-copies", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--precision", type=float, default=0.99)
+    parser.add_argument("--voted", type=int, default=40, help="candidates by descriptor votes")
+    parser.add_argument("--hashed", type=int, default=10, help="candidates by the copy feature")
+    parser.add_argument(
+        "--compared", type=int, default=50, help="candidates (most inliers) pixels are compared"
+    )
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     cv2.setNumThreads(1)
@@ -235,7 +250,8 @@ def main() -> None:
         describe(decode_image(jpeg(g), max_pixels=10**8), query=False) for g in copies.gallery
     ]
     print(f"gallery described in {time.perf_counter() - started:.0f}s", flush=True)
-    got = answer([q.data for q in made], gallery, right, tune)
+    candidates = Candidates(gallery, args.voted, args.hashed, args.compared)
+    got = answer([q.data for q in made], candidates, right, tune)
     is_copy = np.array([len(r) > 0 for r in right])
     held = ~tune
     columns = sorted({kind_column(k) for k in kinds[: args.queries]})
@@ -278,11 +294,17 @@ def main() -> None:
         chosen = tune & is_copy & np.array([k == kind for k in kinds])
         print(f"- {kind}: {explain_misses(got, right, chosen)}")
     stored = statistics.mean(g.stored_bytes for g in gallery)
-    code_bytes = len(b"".join(gallery[0].codes))
-    print(f"\nquery p50 {1000 * statistics.median(got.took):.0f} ms, p90 "
-          f"{1000 * float(np.percentile(got.took, 90)):.0f} ms ({len(gallery):,} images, one "
-          f"thread); stored per image {stored / 1024:.1f} KiB (copy codes {code_bytes} B, ORB "
-          f"descriptors and points, grey JPEG); {time.perf_counter() - started:.0f}s")  # fmt: skip
+    print(f"\nQuery time, one thread, {len(gallery):,} images ({args.voted} voted + "
+          f"{args.hashed} hashed candidates at most, pixels compared for "
+          f"{args.compared}):\n")  # fmt: skip
+    print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")
+    for stage, seconds in got.took.items():
+        ms = 1000 * np.array(seconds)
+        print(f"| {stage} | {np.median(ms):.1f} | {np.percentile(ms, 90):.1f} |")
+    print(
+        f"\nstored per image {stored / 1024:.1f} KiB (packed keypoints and copy codes); "
+        f"{time.perf_counter() - started:.0f}s"
+    )
 
 
 if __name__ == "__main__":

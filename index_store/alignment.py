@@ -12,12 +12,14 @@
    correlation of the whole overlap; correlations of 16 px blocks (a caption or a logo spoils
    a few blocks, not the median); mean differences; the correlation of fine detail.
 
-`align` returns those numbers (`Aligned`); what they add up to (copy or not, which candidate)
-is the scorer's business.
+`prepare` makes a query ready once (what the comparison needs of its own pixels); `align`
+returns the numbers for one candidate (`Aligned`); what they add up to (copy or not, which
+candidate) is the scorer's business.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -85,33 +87,66 @@ def similarity(query: Keypoints, candidate: Keypoints, pairs: Pairs) -> tuple[in
     return int(inliers.sum()), np.asarray(matrix, dtype=np.float64)
 
 
-def align(query: Keypoints, candidate: Keypoints, pairs: Pairs | None = None) -> Aligned:
+@dataclass(frozen=True)
+class Query:
+    """A query made ready once for aligning many candidates: its keypoints, and what the
+    comparison needs of its grey copy (as float, its fine detail, its content, its blocks)."""
+
+    keypoints: Keypoints
+    grey: NDArray[np.float32]
+    detail: NDArray[np.float32]  # the grey copy less its 3 x 3 blur
+    content: NDArray[np.bool_]  # pixels whose 7 x 7 neighbourhood is not flat
+    blocks: NDArray[np.float32]  # BLOCK x BLOCK tiles, one per row
+    textured: NDArray[np.bool_]  # which blocks are not flat
+
+
+def prepare(keypoints: Keypoints) -> Query:
+    q = keypoints.grey.astype(np.float32)
+    mean = cv2.blur(q, (7, 7))
+    content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= CONTENT
+    blocks = tiles(q)
+    detail = q - cv2.blur(q, (3, 3))
+    return Query(keypoints, q, detail, content, blocks, blocks.std(axis=1) >= FLAT)
+
+
+def align(query: Query, candidate: Keypoints, pairs: Pairs | None = None) -> Aligned:
     """Align `candidate` to `query` (from `pairs`, or matched here when they are too few) and
     compare the aligned pixels."""
-    if pairs is None or len(pairs) < MIN_PAIRS:
-        pairs = matched(query, candidate)
-    inliers, matrix = similarity(query, candidate, pairs)
-    if matrix is None or inliers < MIN_INLIERS:
-        return Aligned(inliers)
-    return compared(query.grey, candidate.grey, matrix, inliers)
+    return align_all(query, [(candidate, pairs)], compare=1)[0]
 
 
-def compared(query: NDArray[np.uint8], candidate: NDArray[np.uint8], matrix: Matrix,
-             inliers: int) -> Aligned:  # fmt: skip
+def align_all(
+    query: Query, candidates: Sequence[tuple[Keypoints, Pairs | None]], compare: int
+) -> list[Aligned]:
+    """Each candidate aligned (as `align`), its pixels compared only for the `compare` that
+    most pairs agree with: a transform is cheap, a comparison is not, and the right candidate
+    is rarely far down by inliers."""
+    found: list[tuple[int, Matrix | None]] = []
+    for keypoints, pairs in candidates:
+        if pairs is None or len(pairs) < MIN_PAIRS:
+            pairs = matched(query.keypoints, keypoints)
+        found.append(similarity(query.keypoints, keypoints, pairs))
+    out = [Aligned(inliers) for inliers, _ in found]
+    most = sorted(range(len(found)), key=lambda i: -found[i][0])[:compare]
+    for i in most:
+        inliers, matrix = found[i]
+        if matrix is not None and inliers >= MIN_INLIERS:
+            out[i] = compared(query, candidates[i][0].grey, matrix, inliers)
+    return out
+
+
+def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers: int) -> Aligned:
     """The candidate's grey copy warped by `matrix` into the query's frame, compared."""
-    h, w = query.shape
+    h, w = query.grey.shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(candidate, matrix, (w, h), flags=flags).astype(np.float32)
     full = np.full(candidate.shape, 255, np.uint8)
     mask = cv2.warpAffine(full, matrix, (w, h), flags=cv2.INTER_NEAREST | flags) > 0
-    q = query.astype(np.float32)
     if mask.sum() < 200:
         return Aligned(inliers, cover=float(mask.mean()))
-    a, b = q[mask], warped[mask]
-    blocks, agree = block_correlations(q, warped, mask)
-    mean = cv2.blur(q, (7, 7))
-    content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= CONTENT
-    detail_q, detail_w = q - cv2.blur(q, (3, 3)), warped - cv2.blur(warped, (3, 3))
+    a, b = query.grey[mask], warped[mask]
+    blocks, agree = block_correlations(query, warped, mask)
+    detail = warped - cv2.blur(warped, (3, 3))
     enough = len(blocks) >= 4
     return Aligned(
         inliers,
@@ -121,8 +156,8 @@ def compared(query: NDArray[np.uint8], candidate: NDArray[np.uint8], matrix: Mat
         block_upper=float(np.percentile(blocks, 75)) if enough else 0.0,
         spread=float(np.abs((a - a.mean()) - (b - b.mean())).mean()),
         difference=float(np.abs(a - b).mean()),
-        detail=correlation(detail_q[mask], detail_w[mask]),
-        content=float((content & mask).sum() / max(int(content.sum()), 1)),
+        detail=correlation(query.detail[mask], detail[mask]),
+        content=float((query.content & mask).sum() / max(int(query.content.sum()), 1)),
         agree=agree,
     )
 
@@ -140,16 +175,15 @@ def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
 
 
 def block_correlations(
-    q: NDArray[np.float32], warped: NDArray[np.float32], mask: NDArray[np.bool_]
+    query: Query, warped: NDArray[np.float32], mask: NDArray[np.bool_]
 ) -> tuple[NDArray[np.float32], float]:
     """The correlations of the query's blocks with the aligned candidate's where the candidate
     covers them (>= 90 %) and neither is flat; and the share of the query's textured blocks
     that correlate >= 0.5."""
-    qt, wt, covered = tiles(q), tiles(warped), tiles(mask).mean(axis=1) >= 0.9
-    textured = qt.std(axis=1) >= FLAT
-    keep = covered & textured & (wt.std(axis=1) >= FLAT)
+    qt, wt, covered = query.blocks, tiles(warped), tiles(mask).mean(axis=1) >= 0.9
+    keep = covered & query.textured & (wt.std(axis=1) >= FLAT)
     qa = qt[keep] - qt[keep].mean(axis=1, keepdims=True)
     wa = wt[keep] - wt[keep].mean(axis=1, keepdims=True)
     norms = np.linalg.norm(qa, axis=1) * np.linalg.norm(wa, axis=1) + 1e-6
     out: NDArray[np.float32] = (qa * wa).sum(axis=1) / norms
-    return out, float((out >= 0.5).sum() / max(int(textured.sum()), 1))
+    return out, float((out >= 0.5).sum() / max(int(query.textured.sum()), 1))

@@ -11,12 +11,12 @@ Built once over a gallery (images numbered by their place in it).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from numpy.typing import NDArray
 
 from index_store.alignment import Pairs
 from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
@@ -27,14 +27,40 @@ NEIGHBOURS = 32
 MAX_DISTANCE = 64  # bits of 256
 
 
-@dataclass
+@dataclass(frozen=True)
 class Votes:
-    weight: Counter[int] = field(default_factory=Counter)  # by image number
-    pairs: dict[int, Pairs] = field(default_factory=dict)  # the keypoint pairs that voted
+    """A query's votes: their weight per image, and the keypoint pairs that cast them (kept
+    sorted by image, so one image's pairs are one slice)."""
+
+    weights: NDArray[np.float64]  # by image number
+    images: NDArray[np.int64]  # the image of each pair, ascending
+    query_keypoints: NDArray[np.int64]
+    image_keypoints: NDArray[np.int64]
+
+    @classmethod
+    def none(cls) -> Votes:
+        empty = np.zeros(0, np.int64)
+        return cls(np.zeros(0), empty, empty, empty)
 
     def most(self, n: int) -> list[int]:
         """The `n` images with the most votes, most first."""
-        return [image for image, _ in self.weight.most_common(n)]
+        voted = np.flatnonzero(self.weights > 0)
+        if len(voted) > n:
+            voted = voted[np.argpartition(-self.weights[voted], n - 1)[:n]]
+        return [int(i) for i in voted[np.argsort(-self.weights[voted], kind="stable")]]
+
+    def weight(self, image: int) -> float:
+        return float(self.weights[image]) if image < len(self.weights) else 0.0
+
+    def pairs(self, image: int) -> Pairs:
+        lo, hi = np.searchsorted(self.images, [image, image + 1])
+        return list(
+            zip(
+                self.query_keypoints[lo:hi].tolist(),
+                self.image_keypoints[lo:hi].tolist(),
+                strict=True,
+            )
+        )
 
 
 class KeypointVotes:
@@ -57,14 +83,13 @@ class KeypointVotes:
         self.index.nprobe = min(PROBES, lists)
 
     def vote(self, query: Keypoints, neighbours: int = NEIGHBOURS) -> Votes:
-        votes = Votes()
         if not len(query) or not self.index.ntotal:
-            return votes
+            return Votes.none()
         distances, ids = self.index.search(query.descriptors, neighbours)
-        rows, cols = np.nonzero((ids >= 0) & (distances <= MAX_DISTANCE))
-        found = ids[rows, cols]
-        for q, i, d in zip(rows, found, distances[rows, cols], strict=True):
-            image = int(self.owner[i])
-            votes.weight[image] += 1 / (1 + d / 16)
-            votes.pairs.setdefault(image, []).append((int(q), int(self.keypoint[i])))
-        return votes
+        near = (ids >= 0) & (distances <= MAX_DISTANCE)
+        query_keypoints = np.nonzero(near)[0]
+        found = ids[near]
+        images = self.owner[found]
+        weights = np.bincount(images, weights=1 / (1 + distances[near] / 16)).astype(np.float64)
+        order = np.argsort(images, kind="stable")
+        return Votes(weights, images[order], query_keypoints[order], self.keypoint[found][order])
