@@ -21,16 +21,18 @@ For each query the prototype:
    correlation of the whole overlap; median and upper quartile of 16 px block correlations
    (robust to captions and logos) and the share of blocks that agree; mean differences;
    high-pass correlation;
-3. scores each candidate with a logistic model of those numbers, fitted on the tuning half only
-   (a candidate is right when it contains every pixel the query shows); the top-scored
-   candidate is the answer, and its score against a threshold is the verdict.
+3. scores each candidate (index_store/copy_scorer.py): a logistic model of those numbers, with
+   weights and threshold shipped in index_store/copy_scorer.json; `--fit` fits them here on
+   the tuning half only (a candidate is right when it contains every pixel the query shows;
+   the threshold is the lowest with precision >= `--precision` there) and saves them. The
+   top-scored candidate is the answer, and its score against the threshold is the verdict.
 
 Printed side by side: recall@1 per kind of transform for `copy` alone and with verification;
 for each, the verdict threshold chosen on the tuning half for precision >= 0.99 (the issue's
 target) and the held-out precision and recall at it; query time (this gallery, one thread);
 storage per image (index_store/keypoints.py's packed keypoints and the copy codes). Keypoints,
-votes and alignment are product modules; the candidate mix and the scorer are fitted and run
-here: nothing of this runs in the stack yet.
+votes, alignment and the scorer are product modules; the candidate mix is this script's, and
+nothing of this runs in the stack yet.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import functools
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import faiss
@@ -54,12 +56,14 @@ from bench.copy_set import copy_set
 from consumers.features import copy_keypoints, copy_signature, multi_hash
 from consumers.features.catalog import COPY
 from consumers.features.decode import decode_image
-from index_store import alignment
+from index_store import alignment, copy_scorer
+from index_store.copy_scorer import CopyScorer
 from index_store.engines.factory import EngineFactory
 from index_store.keypoint_votes import KeypointVotes, Votes
 from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import jpeg
 
+WEIGHTS_NAME = "index_store/copy_scorer.json"
 STAGES = ("describe", "candidates", "verify", "total")
 CODE_BYTES = copy_signature.CODE_BITS // 8
 Floats = NDArray[np.float64]
@@ -120,18 +124,7 @@ class Candidates:
         return float(multi_hash.distance(query.codes, self.gallery[candidate].codes))
 
 
-COVER, BLOCK_MEDIAN = 2, 4  # where evidence() puts the coverage and the median block correlation
-
-
-def evidence(a: alignment.Aligned, hashed: float, votes: float) -> Floats:
-    """The numbers the scorer weighs for one (query, candidate) pair."""
-    v = float(a.aligned)
-    return np.array(
-        [1.0, np.log1p(a.inliers), a.cover, a.whole, a.block_median, a.block_upper,
-         a.spread / 50, hashed / 100, np.log1p(votes), v, a.cover * a.block_median,
-         a.cover * a.whole, a.difference / 50, a.detail, a.detail * a.cover, a.content,
-         a.agree, a.content * a.block_median]
-    )  # fmt: skip
+COVER, BLOCK_MEDIAN = (copy_scorer.EVIDENCE.index(name) for name in ("cover", "block median"))
 
 
 def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Floats:
@@ -146,22 +139,28 @@ def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Flo
 
 @dataclass
 class Answers:
-    """Per query: the verifier's answer and score, the copy feature's nearest (with their
-    distances), and the seconds the verifier took."""
+    """Every (query, candidate) pair verified and its evidence; per query the copy feature's
+    nearest (with their distances) and the seconds each stage took. `choose` fills in the
+    scorer's answer and score per query."""
 
-    verified: NDArray[np.int64]
-    score: Floats
-    nearest: list[list[tuple[int, float]]]
-    took: dict[str, list[float]]  # seconds per query, by stage (STAGES)
-    # every (query, candidate) pair verified, and its evidence
     pairs: list[tuple[int, int]]
     evidence: Floats
+    nearest: list[list[tuple[int, float]]]
+    took: dict[str, list[float]]  # seconds per query, by stage (STAGES)
+    verified: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    score: Floats = field(default_factory=lambda: np.zeros(0))
+
+    def choose(self, scorer: CopyScorer, queries: int) -> None:
+        """Each query's answer: its top-scored candidate (-1 when it had none)."""
+        scores = scorer.score(self.evidence)
+        self.verified, self.score = np.full(queries, -1), np.full(queries, -np.inf)
+        for (n, c), score in zip(self.pairs, scores, strict=True):
+            if score > self.score[n]:
+                self.score[n], self.verified[n] = score, c
 
 
-def answer(made: list[bytes], candidates: Candidates, right: list[frozenset[int]],
-           tune: NDArray[np.bool_]) -> Answers:  # fmt: skip
-    """Verify every query's candidates, fit the scorer on the tuning half (a candidate is
-    right when it is one of the query's `right` answers), pick answers."""
+def answer(made: list[bytes], candidates: Candidates) -> Answers:
+    """Find and verify every query's candidates."""
     gallery = candidates.gallery
     rows: list[tuple[int, int, Floats]] = []
     hashed: list[list[tuple[int, float]]] = []
@@ -178,26 +177,28 @@ def answer(made: list[bytes], candidates: Candidates, right: list[frozenset[int]
         aligned = alignment.align_all(query.prepared, voted, candidates.compared)
         for c, a in zip(picked, aligned, strict=True):
             d = near[c] if c in near else candidates.hash_distance(query, c)
-            rows.append((n, c, evidence(a, d, votes.weight(c))))
+            rows.append((n, c, copy_scorer.evidence(a, d, votes.weight(c))))
         t3 = time.perf_counter()
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
             took[stage].append(seconds)
         hashed.append(nearest)
         if n % 100 == 0:
             print(f"  {n}/{len(made)} queries", flush=True)
-    which = np.array([n for n, _, _ in rows])
-    cand = np.array([c for _, c, _ in rows])
     x = np.stack([e for _, _, e in rows])
-    label = np.array([c in right[n] for n, c in zip(which, cand, strict=True)], np.float64)
-    w = fit_logistic(x[tune[which]], label[tune[which]])
-    score = x @ w
-    verified = np.full(len(made), -1)
-    top = np.full(len(made), -np.inf)
-    for r in range(len(rows)):
-        if score[r] > top[which[r]]:
-            top[which[r]], verified[which[r]] = score[r], cand[r]
-    pairs = [(n, c) for n, c, _ in rows]
-    return Answers(verified, top, hashed, took, pairs, x)
+    return Answers([(n, c) for n, c, _ in rows], x, hashed, took)
+
+
+def fitted(got: Answers, right: list[frozenset[int]], tune: NDArray[np.bool_], precision: float,
+           fitted_on: str) -> CopyScorer:  # fmt: skip
+    """A scorer fitted on the tuning half: weights (a candidate is right when it is one of its
+    query's `right` answers), then the threshold with `precision` there."""
+    which = np.array([n for n, _ in got.pairs])
+    label = np.array([c in right[n] for n, c in got.pairs], np.float64)
+    weights = fit_logistic(got.evidence[tune[which]], label[tune[which]])
+    got.choose(CopyScorer(weights, 0.0), len(right))
+    correct = np.array([int(v) in r for v, r in zip(got.verified, right, strict=True)])
+    threshold = verdicts.threshold_for(got.score[tune], correct[tune], precision)
+    return CopyScorer(weights, threshold, fitted_on)
 
 
 def explain_misses(got: Answers, right: list[frozenset[int]], chosen: NDArray[np.bool_]) -> str:
@@ -230,6 +231,9 @@ def main() -> None:
     parser.add_argument("--non-copies", type=int, default=300)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--precision", type=float, default=0.99)
+    parser.add_argument(
+        "--fit", action="store_true", help=f"fit the scorer here, save it to {WEIGHTS_NAME}"
+    )
     parser.add_argument("--voted", type=int, default=40, help="candidates by descriptor votes")
     parser.add_argument("--hashed", type=int, default=10, help="candidates by the copy feature")
     parser.add_argument(
@@ -251,7 +255,17 @@ def main() -> None:
     ]
     print(f"gallery described in {time.perf_counter() - started:.0f}s", flush=True)
     candidates = Candidates(gallery, args.voted, args.hashed, args.compared)
-    got = answer([q.data for q in made], candidates, right, tune)
+    got = answer([q.data for q in made], candidates)
+    if args.fit:
+        fitted_on = (f"python -m bench.copy_verify --fit: seed {args.seed}, tuning half, "
+                     f"{args.originals} originals, {args.voted} voted + {args.hashed} hashed "
+                     f"candidates, {args.compared} compared")  # fmt: skip
+        scorer = fitted(got, right, tune, args.precision, fitted_on)
+        scorer.save()
+        print(f"scorer fitted and saved to {copy_scorer.WEIGHTS}", flush=True)
+    else:
+        scorer = CopyScorer.load()
+    got.choose(scorer, len(made))
     is_copy = np.array([len(r) > 0 for r in right])
     held = ~tune
     columns = sorted({kind_column(k) for k in kinds[: args.queries]})
@@ -287,8 +301,9 @@ def main() -> None:
             name, distance, found["hashed"], is_copy, tune, args.precision, sign=-1
         )
     )
-    name = "copy + verification: score"
-    print(verdicts.verdict_row(name, got.score, found["verified"], is_copy, tune, args.precision))
+    name = "copy + verification: score (the shipped scorer's threshold)"
+    print(verdicts.verdict_row(name, got.score, found["verified"], is_copy, tune, args.precision,
+                               fixed=scorer.threshold))  # fmt: skip
     print("\nMisses of the tuning half, by kind:")
     for kind in sorted({k for k, c in zip(kinds, is_copy, strict=True) if c}):
         chosen = tune & is_copy & np.array([k == kind for k in kinds])

@@ -3,12 +3,16 @@ crop was cut from, and an alignment that tells a copy from a picture of the same
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from consumers.features import copy_keypoints
 from index_store.alignment import MIN_INLIERS, align, prepare
+from index_store.copy_scorer import EVIDENCE, CopyScorer, evidence
 from index_store.keypoint_votes import KeypointVotes
 from index_store.keypoints import BadKeypoints, Keypoints, pack, unpack
 from lookalike.samples import photo
@@ -104,3 +108,28 @@ def test_votes_put_the_original_of_a_crop_first() -> None:
 def test_votes_over_an_empty_gallery_are_empty() -> None:
     found = KeypointVotes([]).vote(copy_keypoints.query(photo("coffee")))
     assert found.most(3) == [] and found.pairs(0) == [] and found.weight(0) == 0
+
+
+def test_the_shipped_scorer_says_copy_for_a_crop_and_not_for_another_photograph() -> None:
+    scorer = CopyScorer.load()
+    original = photo("coffee")
+    query = prepare(copy_keypoints.query(cropped(original, (0.1, 0.2, 0.75, 0.9))))
+    copy_evidence = evidence(align(query, stored(original)), hash_distance=200, votes=40)
+    other_evidence = evidence(align(query, stored(photo("brick"))), hash_distance=280, votes=2)
+    copy_score, other_score = scorer.score(np.stack([copy_evidence, other_evidence]))
+    assert copy_score >= scorer.threshold > other_score
+
+
+def test_a_scorer_round_trips_and_refuses_weights_for_other_evidence(tmp_path: Path) -> None:
+    scorer = CopyScorer(np.linspace(-1, 1, len(EVIDENCE)), threshold=0.5, fitted_on="a test")
+    scorer.save(tmp_path / "scorer.json")
+    back = CopyScorer.load(tmp_path / "scorer.json")
+    np.testing.assert_array_equal(back.weights, scorer.weights)
+    assert (back.threshold, back.fitted_on) == (0.5, "a test")
+    document = json.loads((tmp_path / "scorer.json").read_text())
+    document["evidence"] = document["evidence"][:-1]
+    (tmp_path / "old.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="weighs"):
+        CopyScorer.load(tmp_path / "old.json")
+    with pytest.raises(ValueError, match="weights for"):
+        CopyScorer(np.ones(3), threshold=0.0)
