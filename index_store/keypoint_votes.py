@@ -1,10 +1,12 @@
 """Which indexed images share keypoints with a query: the candidates copy verification aligns.
 
 Every indexed image's ORB descriptors go into one faiss binary IVF index (descriptors grouped
-by their nearest of LISTS centroids; a search scans the PROBES nearest groups). Each of the
-query's descriptors looks up its NEIGHBOURS nearest; every one within MAX_DISTANCE bits is a
-vote for the image it belongs to (weighted: nearer counts more) and a keypoint pair that
-alignment can start from, so the candidates need no descriptor matching of their own.
+by their nearest centroid; a search compares each query descriptor with every centroid, then
+scans the PROBES nearest groups). With sqrt(PROBES x descriptors) groups both parts cost the
+same, and a search grows with the square root of the gallery instead of with the gallery.
+Each of the query's descriptors looks up its NEIGHBOURS nearest; every one within MAX_DISTANCE
+bits is a vote for the image it belongs to (weighted: nearer counts more) and a keypoint pair
+that alignment can start from, so the candidates need no descriptor matching of their own.
 
 Built once over a gallery (images numbered by their place in it).
 """
@@ -21,8 +23,8 @@ from numpy.typing import NDArray
 from index_store.alignment import Pairs
 from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
 
-LISTS = 1024
 PROBES = 16
+TRAINING_PER_LIST = 64  # descriptors per centroid the k-means sees (faiss's default: 256)
 NEIGHBOURS = 32
 MAX_DISTANCE = 64  # bits of 256
 
@@ -64,7 +66,7 @@ class Votes:
 
 
 class KeypointVotes:
-    def __init__(self, gallery: Sequence[Keypoints], lists: int = LISTS) -> None:
+    def __init__(self, gallery: Sequence[Keypoints], lists: int | None = None) -> None:
         self.owner = np.concatenate(
             [np.full(len(k), i, np.int64) for i, k in enumerate(gallery)] or [np.zeros(0, np.int64)]
         )
@@ -75,8 +77,11 @@ class KeypointVotes:
             [k.descriptors for k in gallery] or [np.zeros((0, DESCRIPTOR_BYTES), np.uint8)]
         )
         bits = DESCRIPTOR_BYTES * 8
+        if lists is None:
+            lists = round(np.sqrt(PROBES * len(descriptors)))
         lists = max(1, min(lists, len(descriptors) // 39))  # faiss wants ~39 per centroid
         self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
+        self.index.cp.max_points_per_centroid = TRAINING_PER_LIST
         if len(descriptors):
             self.index.train(descriptors)
             self.index.add(descriptors)
