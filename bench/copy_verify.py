@@ -11,7 +11,7 @@ are the tuning half; only the held-out half is reported.
 For each query the prototype:
 1. takes candidates from two places: the images whose ORB descriptors (at most 300 per image,
    on a <= 320 px grey copy, consumers/features/copy_keypoints.py; in a faiss binary IVF
-   index, index_store/keypoint_votes.py) are nearest to the query's 600, by votes; and the
+   index, index_store/keypoint_votes.py) are nearest to the query's 300, by votes; and the
    product `copy` feature's 10 nearest (min Hamming over its code pairs);
 2. verifies each candidate (index_store/alignment.py): a RANSAC similarity transform from the
    keypoint pairs that voted for it (ratio-tested brute-force matches where fewer than 12
@@ -59,7 +59,7 @@ from consumers.features.decode import decode_image
 from index_store import alignment, copy_scorer
 from index_store.copy_scorer import CopyScorer
 from index_store.engines.factory import EngineFactory
-from index_store.keypoint_votes import KeypointVotes, Votes
+from index_store.keypoint_votes import NEIGHBOURS, KeypointVotes, Votes
 from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import jpeg
 
@@ -81,9 +81,9 @@ class Described:
         return alignment.prepare(self.keypoints)
 
 
-def describe(img: Image.Image, query: bool) -> Described:
+def describe(img: Image.Image, query: bool, keypoints: int = copy_keypoints.QUERY) -> Described:
     if query:
-        return Described(copy_keypoints.query(img), COPY.query_vectors(img))
+        return Described(copy_keypoints.query(img, keypoints), COPY.query_vectors(img))
     vector = COPY.describe_batch([img])[0]
     codes = [vector[i : i + CODE_BYTES] for i in range(0, len(vector), CODE_BYTES)]
     packed = pack(copy_keypoints.describe(img))
@@ -97,15 +97,24 @@ class Candidate:
     nearest: list[tuple[int, float]]  # the copy feature's nearest, with distances
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How many candidates, from where, and how hard the votes look."""
+
+    voted: int  # candidates by descriptor votes
+    hashed: int  # candidates by the copy feature
+    compared: int  # candidates (most inliers) whose pixels are compared
+    query_keypoints: int
+    neighbours: int  # gallery descriptors looked up per query keypoint
+
+
 class Candidates:
     """Both candidate sources over one gallery: ORB descriptor votes, and the product's copy
     feature in the product's own engine."""
 
-    def __init__(
-        self, gallery: Sequence[Described], voted: int, hashed: int, compared: int
-    ) -> None:
+    def __init__(self, gallery: Sequence[Described], policy: Policy) -> None:
         self.gallery = gallery
-        self.voted, self.hashed, self.compared = voted, hashed, compared
+        self.policy = policy
         self.votes = KeypointVotes([g.keypoints for g in gallery])
         self.hashes = EngineFactory("exact").make(COPY.metric, COPY.dim, COPY.codes_per_item)
         ids = [str(i) for i in range(len(gallery))]
@@ -114,9 +123,11 @@ class Candidates:
     def of(self, query: Described) -> Candidate:
         """Candidates (voted first), their votes and the keypoint pairs that voted, and the
         copy feature's nearest with distances."""
-        votes = self.votes.vote(query.keypoints)
-        nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, self.hashed)]
-        picked = votes.most(self.voted)
+        votes = self.votes.vote(query.keypoints, self.policy.neighbours)
+        nearest = [
+            (int(i), float(d)) for i, d in self.hashes.search(query.codes, self.policy.hashed)
+        ]
+        picked = votes.most(self.policy.voted)
         picked += [i for i, _ in nearest if i not in picked]
         return Candidate(picked, votes, nearest)
 
@@ -167,14 +178,15 @@ def answer(made: list[bytes], candidates: Candidates) -> Answers:
     took: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for n, data in enumerate(made):
         t0 = time.perf_counter()
-        query = describe(decode_image(data, max_pixels=10**8), query=True)
+        image = decode_image(data, max_pixels=10**8)
+        query = describe(image, query=True, keypoints=candidates.policy.query_keypoints)
         t1 = time.perf_counter()
         found = candidates.of(query)
         picked, votes, nearest = found.picked, found.votes, found.nearest
         t2 = time.perf_counter()
         near = dict(nearest)
         voted = [(gallery[c].keypoints, votes.pairs(c)) for c in picked]
-        aligned = alignment.align_all(query.prepared, voted, candidates.compared)
+        aligned = alignment.align_all(query.prepared, voted, candidates.policy.compared)
         for c, a in zip(picked, aligned, strict=True):
             d = near[c] if c in near else candidates.hash_distance(query, c)
             rows.append((n, c, copy_scorer.evidence(a, d, votes.weight(c))))
@@ -236,6 +248,8 @@ def main() -> None:
     )
     parser.add_argument("--voted", type=int, default=40, help="candidates by descriptor votes")
     parser.add_argument("--hashed", type=int, default=10, help="candidates by the copy feature")
+    parser.add_argument("--query-keypoints", type=int, default=copy_keypoints.QUERY)
+    parser.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="per query keypoint")
     parser.add_argument(
         "--compared", type=int, default=50, help="candidates (most inliers) pixels are compared"
     )
@@ -254,12 +268,12 @@ def main() -> None:
         describe(decode_image(jpeg(g), max_pixels=10**8), query=False) for g in copies.gallery
     ]
     print(f"gallery described in {time.perf_counter() - started:.0f}s", flush=True)
-    candidates = Candidates(gallery, args.voted, args.hashed, args.compared)
+    policy = Policy(args.voted, args.hashed, args.compared, args.query_keypoints, args.neighbours)
+    candidates = Candidates(gallery, policy)
     got = answer([q.data for q in made], candidates)
     if args.fit:
         fitted_on = (f"python -m bench.copy_verify --fit: seed {args.seed}, tuning half, "
-                     f"{args.originals} originals, {args.voted} voted + {args.hashed} hashed "
-                     f"candidates, {args.compared} compared")  # fmt: skip
+                     f"{args.originals} originals, {policy}")  # fmt: skip
         scorer = fitted(got, right, tune, args.precision, fitted_on)
         scorer.save()
         print(f"scorer fitted and saved to {copy_scorer.WEIGHTS}", flush=True)
@@ -309,9 +323,7 @@ def main() -> None:
         chosen = tune & is_copy & np.array([k == kind for k in kinds])
         print(f"- {kind}: {explain_misses(got, right, chosen)}")
     stored = statistics.mean(g.stored_bytes for g in gallery)
-    print(f"\nQuery time, one thread, {len(gallery):,} images ({args.voted} voted + "
-          f"{args.hashed} hashed candidates at most, pixels compared for "
-          f"{args.compared}):\n")  # fmt: skip
+    print(f"\nQuery time, one thread, {len(gallery):,} images ({policy}):\n")
     print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")
     for stage, seconds in got.took.items():
         ms = 1000 * np.array(seconds)

@@ -25,7 +25,7 @@ from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
 
 PROBES = 16
 TRAINING_PER_LIST = 64  # descriptors per centroid the k-means sees (faiss's default: 256)
-NEIGHBOURS = 32
+NEIGHBOURS = 16
 MAX_DISTANCE = 64  # bits of 256
 
 

@@ -6,8 +6,9 @@ edges are still there, at one scale and angle: ORB keypoints (FAST corners, orie
 descriptors of 256 bits, over a scale pyramid) find them, and index_store/alignment.py checks
 that they agree on one similarity transform and that the pixels it aligns match.
 
-An indexed image keeps INDEXED keypoints, a query looks for QUERY (more: its matches must be
-among the original's). A query is border-trimmed first (border_trim), as the copy feature's
+An indexed image keeps INDEXED keypoints, a query looks for QUERY (as many: twice as many
+found no more copies on bench/copy_verify.py's tuning half and cost twice the votes). A query
+is border-trimmed first (border_trim), as the copy feature's
 hashes are: padding has no keypoints but moves everything else.
 """
 
@@ -23,7 +24,7 @@ from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
 
 SIDE = 320  # longest side of the grey copy keypoints are found on
 INDEXED = 300
-QUERY = 600
+QUERY = 300
 EDGE = 15  # pixels at the border without keypoints (ORB's patch must fit)
 FAST_THRESHOLD = 10  # lower than ORB's default 20: small, soft pictures still get corners
 
@@ -52,6 +53,6 @@ def describe(img: Image.Image, keypoints: int = INDEXED, trim: bool = False) -> 
     return Keypoints(points, np.asarray(descriptors, np.uint8), grey)
 
 
-def query(img: Image.Image) -> Keypoints:
-    """A query's keypoints: borders trimmed, QUERY of them."""
-    return describe(img, QUERY, trim=True)
+def query(img: Image.Image, keypoints: int = QUERY) -> Keypoints:
+    """A query's keypoints: borders trimmed, QUERY of them unless told."""
+    return describe(img, keypoints, trim=True)
