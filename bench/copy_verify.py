@@ -104,6 +104,7 @@ class Policy:
     voted: int  # candidates by descriptor votes
     hashed: int  # candidates by the copy feature
     compared: int  # candidates (most inliers) whose pixels are compared
+    min_share: float  # ... if at least this share of the best one's inliers agree
     query_keypoints: int
     neighbours: int  # gallery descriptors looked up per query keypoint
 
@@ -186,7 +187,9 @@ def answer(made: list[bytes], candidates: Candidates) -> Answers:
         t2 = time.perf_counter()
         near = dict(nearest)
         voted = [(gallery[c].keypoints, votes.pairs(c)) for c in picked]
-        aligned = alignment.align_all(query.prepared, voted, candidates.policy.compared)
+        aligned = alignment.align_all(
+            query.prepared, voted, candidates.policy.compared, candidates.policy.min_share
+        )
         for c, a in zip(picked, aligned, strict=True):
             d = near[c] if c in near else candidates.hash_distance(query, c)
             rows.append((n, c, copy_scorer.evidence(a, d, votes.weight(c))))
@@ -248,6 +251,9 @@ def main() -> None:
     )
     parser.add_argument("--voted", type=int, default=40, help="candidates by descriptor votes")
     parser.add_argument("--hashed", type=int, default=10, help="candidates by the copy feature")
+    parser.add_argument(
+        "--min-share", type=float, default=alignment.MIN_SHARE, help="of the best's inliers"
+    )
     parser.add_argument("--query-keypoints", type=int, default=copy_keypoints.QUERY)
     parser.add_argument("--neighbours", type=int, default=NEIGHBOURS, help="per query keypoint")
     parser.add_argument(
@@ -268,7 +274,8 @@ def main() -> None:
         describe(decode_image(jpeg(g), max_pixels=10**8), query=False) for g in copies.gallery
     ]
     print(f"gallery described in {time.perf_counter() - started:.0f}s", flush=True)
-    policy = Policy(args.voted, args.hashed, args.compared, args.query_keypoints, args.neighbours)
+    policy = Policy(args.voted, args.hashed, args.compared, args.min_share, args.query_keypoints,
+                    args.neighbours)  # fmt: skip
     candidates = Candidates(gallery, policy)
     got = answer([q.data for q in made], candidates)
     if args.fit:

@@ -34,6 +34,10 @@ Matrix = NDArray[np.float64]  # 2 x 3: query coordinates -> candidate coordinate
 MIN_PAIRS = 12  # fewer pairs from the index: match descriptors here instead
 RATIO = 0.85  # a match is kept when nearer than RATIO x the second nearest
 MIN_INLIERS = 8  # a transform fewer pairs agree on is no alignment
+# Pixels are compared for a candidate only if at least this share of the best candidate's
+# inliers agree with its transform (bench/copy_verify.py --min-share: 0.3 missed no more copies
+# on the tuning half than 0, at 60 % of the comparisons; 0.5 missed more).
+MIN_SHARE = 0.3
 REPROJECTION = 5.0  # pixels on the grey copy
 SCALES = (0.25, 4.0)  # a plausible transform scales by more than the first, less than the last
 BLOCK = 16
@@ -116,21 +120,26 @@ def align(query: Query, candidate: Keypoints, pairs: Pairs | None = None) -> Ali
 
 
 def align_all(
-    query: Query, candidates: Sequence[tuple[Keypoints, Pairs | None]], compare: int
+    query: Query,
+    candidates: Sequence[tuple[Keypoints, Pairs | None]],
+    compare: int,
+    min_share: float = MIN_SHARE,
 ) -> list[Aligned]:
     """Each candidate aligned (as `align`), its pixels compared only for the `compare` that
-    most pairs agree with: a transform is cheap, a comparison is not, and the right candidate
-    is rarely far down by inliers."""
+    most pairs agree with, and only where at least `min_share` of the best candidate's number
+    agree: a transform is cheap, a comparison is not, and a candidate far behind the best by
+    inliers is rarely the one."""
     found: list[tuple[int, Matrix | None]] = []
     for keypoints, pairs in candidates:
         if pairs is None or len(pairs) < MIN_PAIRS:
             pairs = matched(query.keypoints, keypoints)
         found.append(similarity(query.keypoints, keypoints, pairs))
     out = [Aligned(inliers) for inliers, _ in found]
+    best = max((inliers for inliers, _ in found), default=0)
     most = sorted(range(len(found)), key=lambda i: -found[i][0])[:compare]
     for i in most:
         inliers, matrix = found[i]
-        if matrix is not None and inliers >= MIN_INLIERS:
+        if matrix is not None and inliers >= max(MIN_INLIERS, min_share * best):
             out[i] = compared(query, candidates[i][0].grey, matrix, inliers)
     return out
 
