@@ -8,7 +8,7 @@ Each of the query's descriptors looks up its NEIGHBOURS nearest; every one withi
 bits is a vote for the image it belongs to (weighted: nearer counts more) and a keypoint pair
 that alignment can start from, so the candidates need no descriptor matching of their own.
 
-Built once over a gallery (images numbered by their place in it).
+Built over a gallery, or kept up to date image by image (KeypointVotes).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ PROBES = 16
 TRAINING_PER_LIST = 64  # descriptors per centroid the k-means sees (faiss's default: 256)
 NEIGHBOURS = 16
 MAX_DISTANCE = 64  # bits of 256
+STRIDE = 1 << 10  # a descriptor's id: its image's number x STRIDE + its keypoint's number
 
 
 @dataclass(frozen=True)
@@ -66,26 +67,50 @@ class Votes:
 
 
 class KeypointVotes:
-    def __init__(self, gallery: Sequence[Keypoints], lists: int | None = None) -> None:
-        self.owner = np.concatenate(
-            [np.full(len(k), i, np.int64) for i, k in enumerate(gallery)] or [np.zeros(0, np.int64)]
-        )
-        self.keypoint = np.concatenate(
-            [np.arange(len(k)) for k in gallery] or [np.zeros(0, np.int64)]
-        )
-        descriptors = np.concatenate(
-            [k.descriptors for k in gallery] or [np.zeros((0, DESCRIPTOR_BYTES), np.uint8)]
-        )
+    """The vote index. Built over a gallery (images numbered by their place in it), or grown
+    and shrunk image by image (`add`, `remove`, by image number: the caller's slots). Until
+    there are enough descriptors for groups of ~39 (faiss's minimum per centroid) it is exact
+    (every descriptor compared); a trained index is trained for the descriptors it was built
+    with, and says when it has grown enough to be rebuilt (`needs_training`)."""
+
+    def __init__(self, gallery: Sequence[Keypoints] = (), lists: int | None = None) -> None:
+        descriptors, ids = rows_of(list(enumerate(gallery)))
+        lists = lists_for(len(descriptors)) if lists is None else lists
+        lists = min(lists, len(descriptors) // 39)
         bits = DESCRIPTOR_BYTES * 8
-        if lists is None:
-            lists = round(np.sqrt(PROBES * len(descriptors)))
-        lists = max(1, min(lists, len(descriptors) // 39))  # faiss wants ~39 per centroid
-        self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
-        self.index.cp.max_points_per_centroid = TRAINING_PER_LIST
+        self.trained_for = 0  # descriptors the groups were made for (0: exact, no groups)
+        if lists < 2:
+            self.index: faiss.IndexBinary = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(bits))
+        else:
+            ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
+            ivf.cp.max_points_per_centroid = TRAINING_PER_LIST
+            ivf.train(descriptors)
+            ivf.nprobe = min(PROBES, lists)
+            self.index, self.trained_for = ivf, len(descriptors)
         if len(descriptors):
-            self.index.train(descriptors)
-            self.index.add(descriptors)
-        self.index.nprobe = min(PROBES, lists)
+            self.index.add_with_ids(descriptors, ids)
+
+    def __len__(self) -> int:
+        """Descriptors held."""
+        return int(self.index.ntotal)
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether a rebuild would search much better: exact past the size groups pay at, or
+        trained for a quarter of what it holds now."""
+        if not self.trained_for:
+            return lists_for(len(self)) <= len(self) // 39
+        return len(self) >= 4 * self.trained_for
+
+    def add(self, image: int, keypoints: Keypoints) -> None:
+        """Index `image`'s keypoints (replacing any it had)."""
+        self.remove(image)
+        descriptors, ids = rows_of([(image, keypoints)])
+        if len(descriptors):
+            self.index.add_with_ids(descriptors, ids)
+
+    def remove(self, image: int) -> None:
+        self.index.remove_ids(faiss.IDSelectorRange(image * STRIDE, (image + 1) * STRIDE))
 
     def vote(self, query: Keypoints, neighbours: int = NEIGHBOURS) -> Votes:
         if not len(query) or not self.index.ntotal:
@@ -94,7 +119,23 @@ class KeypointVotes:
         near = (ids >= 0) & (distances <= MAX_DISTANCE)
         query_keypoints = np.nonzero(near)[0]
         found = ids[near]
-        images = self.owner[found]
+        images, image_keypoints = found // STRIDE, found % STRIDE
         weights = np.bincount(images, weights=1 / (1 + distances[near] / 16)).astype(np.float64)
         order = np.argsort(images, kind="stable")
-        return Votes(weights, images[order], query_keypoints[order], self.keypoint[found][order])
+        return Votes(weights, images[order], query_keypoints[order], image_keypoints[order])
+
+
+def lists_for(descriptors: int) -> int:
+    """Groups for which comparing with every centroid costs what scanning PROBES groups does."""
+    return round(float(np.sqrt(PROBES * descriptors)))
+
+
+def rows_of(images: Sequence[tuple[int, Keypoints]]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """The images' descriptors, one per row, and their ids (image x STRIDE + keypoint)."""
+    if any(len(k) > STRIDE for _, k in images):
+        raise ValueError(f"an image has more than {STRIDE} keypoints")
+    descriptors = [k.descriptors for _, k in images]
+    ids = [image * STRIDE + np.arange(len(k), dtype=np.int64) for image, k in images]
+    if not descriptors:
+        return np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(descriptors), np.concatenate(ids)

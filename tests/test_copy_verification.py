@@ -133,3 +133,36 @@ def test_a_scorer_round_trips_and_refuses_weights_for_other_evidence(tmp_path: P
         CopyScorer.load(tmp_path / "old.json")
     with pytest.raises(ValueError, match="weights for"):
         CopyScorer(np.ones(3), threshold=0.0)
+
+
+def test_votes_follow_images_as_they_are_added_and_removed() -> None:
+    votes = KeypointVotes()
+    for number, name in enumerate(NAMES):
+        votes.add(number, stored(photo(name)))
+    rocket = NAMES.index("rocket")
+    query = copy_keypoints.query(cropped(photo("rocket"), (0.15, 0.2, 0.8, 0.85)))
+    assert votes.vote(query).most(1) == [rocket]
+    votes.remove(rocket)
+    assert rocket not in votes.vote(query).most(len(NAMES))
+    votes.add(rocket, stored(photo("rocket")))
+    votes.add(rocket, stored(photo("rocket")))  # again: replaces, adds nothing
+    assert votes.vote(query).most(1) == [rocket]
+    assert len(votes) == sum(len(stored(photo(name))) for name in NAMES)
+
+
+def test_an_exact_vote_index_asks_for_training_once_groups_would_pay() -> None:
+    rng = np.random.default_rng(0)
+
+    def random_image() -> Keypoints:
+        points = rng.uniform(0, 300, (300, 2)).astype(np.float32)
+        descriptors = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+        return Keypoints(points, descriptors, np.zeros((8, 8), np.uint8))
+
+    votes = KeypointVotes()
+    votes.add(0, random_image())
+    assert not votes.needs_training
+    for image in range(1, 120):
+        votes.add(image, random_image())
+    assert votes.needs_training
+    trained = KeypointVotes([random_image() for _ in range(120)])
+    assert trained.trained_for == len(trained) and not trained.needs_training
