@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bench import copy_verdicts as verdicts
-from bench.copy_set import copy_set
+from bench.copy_set import add_set_options, copy_set
 from consumers.features.catalog import COPY, PHASH
 from consumers.features.decode import decode_image
 from index_store.engines.engine import Engine
@@ -123,11 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--originals", type=int, default=2000)
-    parser.add_argument("--queries", type=int, default=600)
-    parser.add_argument("--non-copies", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--precision", type=float, default=0.99)
+    add_set_options(parser)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:

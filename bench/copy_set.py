@@ -10,6 +10,7 @@ them it was cut from.
 
 from __future__ import annotations
 
+import argparse
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -256,3 +257,12 @@ def copy_set(count: int, queries: int, seed: int, non_copies: int = 300) -> Copy
     others, _ = originals(non_copies, rng, outside)
     outsiders = [make_query(o, rng) for o in others]
     return CopySet(gallery, regions, made, source, right, outside, outsiders)
+
+
+def add_set_options(parser: argparse.ArgumentParser) -> None:
+    """The options that say which set to make, and the verdicts' precision target."""
+    parser.add_argument("--originals", type=int, default=2000)
+    parser.add_argument("--queries", type=int, default=600)
+    parser.add_argument("--non-copies", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--precision", type=float, default=0.99)

@@ -52,7 +52,7 @@ from PIL import Image
 
 from bench import copy_verdicts as verdicts
 from bench.copy_scale import first_is_right, kind_column, recall_row
-from bench.copy_set import copy_set
+from bench.copy_set import add_set_options, copy_set
 from consumers.features import copy_keypoints, copy_signature, multi_hash
 from consumers.features.catalog import COPY
 from consumers.features.decode import decode_image
@@ -241,11 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--originals", type=int, default=2000)
-    parser.add_argument("--queries", type=int, default=600)
-    parser.add_argument("--non-copies", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--precision", type=float, default=0.99)
+    add_set_options(parser)
     parser.add_argument(
         "--fit", action="store_true", help=f"fit the scorer here, save it to {WEIGHTS_NAME}"
     )
