@@ -130,14 +130,12 @@ def main() -> None:
         args.originals, args.queries, args.non_copies = 400, 200, 100
     started = time.perf_counter()
     made = copy_set(args.originals, args.queries, args.seed, args.non_copies)
-    queries = made.queries + made.non_copies
     decoded_gallery = [decode_image(jpeg(g), max_pixels=10**8) for g in made.gallery]
-    decoded_queries = [decode_image(q.data, max_pixels=10**8) for q in queries]
-    kinds = [q.kind for q in queries]
-    no_answer = [frozenset[int]() for _ in made.non_copies]
-    strict, right = made.strict + no_answer, made.right + no_answer
+    decoded_queries = [decode_image(q.data, max_pixels=10**8) for q in made.asked]
+    kinds = [q.kind for q in made.asked]
+    strict, right = made.strict, made.by_content
     is_copy = np.array([len(r) > 0 for r in right])
-    tune = np.concatenate([made.source % 2 == 0, np.arange(len(made.non_copies)) % 2 == 0])
+    tune = made.tuning
     held = ~tune & is_copy
     methods = compared_methods(decoded_gallery, decoded_queries)
     k = max(len(r) for r in right) + 1

@@ -236,9 +236,26 @@ class CopySet:
     non_copies: list[Query]  # copies of originals cut from those: not copies of the gallery
 
     @property
+    def asked(self) -> list[Query]:
+        """Every query: the copies, then the non-copies."""
+        return self.queries + self.non_copies
+
+    @property
+    def by_content(self) -> list[frozenset[int]]:
+        """Each query's right answers: any original containing every pixel it shows (none for
+        a non-copy)."""
+        return self.right + [frozenset() for _ in self.non_copies]
+
+    @property
     def strict(self) -> list[frozenset[int]]:
-        """Only each copy's own original counts."""
-        return [frozenset([int(s)]) for s in self.source]
+        """Each query's right answer when only a copy's own original counts."""
+        return [frozenset([int(s)]) for s in self.source] + [frozenset() for _ in self.non_copies]
+
+    @property
+    def tuning(self) -> NDArray[np.bool_]:
+        """Which queries are the tuning half: copies of even-numbered originals, even-numbered
+        non-copies."""
+        return np.concatenate([self.source % 2 == 0, np.arange(len(self.non_copies)) % 2 == 0])
 
 
 def copy_set(count: int, queries: int, seed: int, non_copies: int = 300) -> CopySet:

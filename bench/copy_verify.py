@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bench import copy_verdicts as verdicts
-from bench.copy_scale import first_is_right, kind_column, recall_row
+from bench.copy_scale import found, kind_column, recall_row
 from bench.copy_set import add_set_options, copy_set
 from consumers.features import copy_keypoints, copy_signature, multi_hash
 from consumers.features.catalog import COPY
@@ -63,7 +63,6 @@ from index_store.keypoint_votes import NEIGHBOURS, KeypointVotes, Votes
 from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import jpeg
 
-WEIGHTS_NAME = "index_store/copy_scorer.json"
 STAGES = ("describe", "candidates", "verify", "total")
 CODE_BYTES = copy_signature.CODE_BITS // 8
 Floats = NDArray[np.float64]
@@ -243,7 +242,9 @@ def main() -> None:
     )
     add_set_options(parser)
     parser.add_argument(
-        "--fit", action="store_true", help=f"fit the scorer here, save it to {WEIGHTS_NAME}"
+        "--fit",
+        action="store_true",
+        help=f"fit the scorer here, save it as {copy_scorer.WEIGHTS.name}",
     )
     parser.add_argument("--voted", type=int, default=40, help="candidates by descriptor votes")
     parser.add_argument("--hashed", type=int, default=10, help="candidates by the copy feature")
@@ -260,12 +261,8 @@ def main() -> None:
     cv2.setNumThreads(1)
     started = time.perf_counter()
     copies = copy_set(args.originals, args.queries, args.seed, args.non_copies)
-    others = copies.non_copies
-    made = copies.queries + others
-    right = copies.right + [frozenset() for _ in others]
-    strict = copies.strict + [frozenset() for _ in others]
+    made, right, strict, tune = copies.asked, copies.by_content, copies.strict, copies.tuning
     kinds = [q.kind for q in made]
-    tune = np.concatenate([copies.source % 2 == 0, np.arange(args.non_copies) % 2 == 0])
     gallery = [
         describe(decode_image(jpeg(g), max_pixels=10**8), query=False) for g in copies.gallery
     ]
@@ -290,24 +287,18 @@ def main() -> None:
     print(f"\n## Copy detection with verification (held-out half: {int((held & is_copy).sum())} "
           f"copies, {several} of them show pixels that more than one original contains; "
           f"{int((held & ~is_copy).sum())} non-copies; seed {args.seed})\n")  # fmt: skip
-    verified = [int(v) for v in got.verified]
-    found = {}
-    for title, labels in (("its own original only", strict), ("any original that contains "
-                          "every pixel it shows", right)):  # fmt: skip
+    nearest = [[(str(i), d) for i, d in h] for h in got.nearest]
+    by_content = "any original that contains every pixel it shows"
+    hashed, checked = {}, {}
+    for title, labels in (("its own original only", strict), (by_content, right)):
         print(f"Recall@1 when the right answer is {title}:\n")
         print("| method | recall@1 | " + " | ".join(columns) + " |")
         print("| --- | --- | " + " | ".join("---" for _ in columns) + " |")
-        hashed = np.array(
-            [
-                first_is_right([(str(i), d) for i, d in h], r)
-                for h, r in zip(got.nearest, labels, strict=True)
-            ]
-        )
-        checked = np.array([v in r for v, r in zip(verified, labels, strict=True)])
-        print(recall_row("copy (product)", hashed, kinds, held & is_copy, columns))
-        print(recall_row("copy + verification", checked, kinds, held & is_copy, columns))
+        hashed[title] = found(nearest, labels)
+        checked[title] = np.array([int(v) in r for v, r in zip(got.verified, labels, strict=True)])
+        print(recall_row("copy (product)", hashed[title], kinds, held & is_copy, columns))
+        print(recall_row("copy + verification", checked[title], kinds, held & is_copy, columns))
         print()
-        found = {"hashed": hashed, "verified": checked}
     print(f"Verdicts (threshold chosen on the tuning half for precision >= {args.precision}; "
           "a verdict is right when its answer contains the copy's pixels):\n")  # fmt: skip
     print(verdicts.HEADER)
@@ -315,11 +306,11 @@ def main() -> None:
     name = "copy: closest code pair, bits (at most = copy)"
     print(
         verdicts.verdict_row(
-            name, distance, found["hashed"], is_copy, tune, args.precision, sign=-1
+            name, distance, hashed[by_content], is_copy, tune, args.precision, sign=-1
         )
     )
     name = "copy + verification: score (the shipped scorer's threshold)"
-    print(verdicts.verdict_row(name, got.score, found["verified"], is_copy, tune, args.precision,
+    print(verdicts.verdict_row(name, got.score, checked[by_content], is_copy, tune, args.precision,
                                fixed=scorer.threshold))  # fmt: skip
     print("\nMisses of the tuning half, by kind:")
     for kind in sorted({k for k, c in zip(kinds, is_copy, strict=True) if c}):
