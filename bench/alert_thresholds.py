@@ -284,12 +284,20 @@ class Measured:
             )
         return rows
 
-    def transform_row(self) -> str:
+    def transform_row(self, threshold: float | None = None) -> str:
+        """Held-out copy recall by transform at `threshold` (the rule's when None)."""
+        t = self.threshold if threshold is None else threshold
         held = self.halves[1]
-        cells = [
-            f"{within(held.copy[held.copy_transform == t], self.threshold):.2f}" for t in TRANSFORMS
-        ]
-        return f"| {self.spec.name} | {self.fmt(self.threshold)} | " + " | ".join(cells) + " |"
+        cells = [f"{within(held.copy[held.copy_transform == x], t):.2f}" for x in TRANSFORMS]
+        return f"| {self.spec.name} | {self.fmt(t)} | " + " | ".join(cells) + " |"
+
+    def shipped_row(self) -> str:
+        """Held-out false alerts and copy recall at the product's default threshold."""
+        t, held = self.spec.alert_max_distance, self.halves[1]
+        return (
+            f"| {self.spec.name} | {self.fmt(t)} | {_share(within(held.unrelated, t))} | "
+            f"{within(held.copy, t):.3f} |"
+        )
 
     def operating_rows(self) -> list[str]:
         rows = []
@@ -344,6 +352,14 @@ def print_report(results: Sequence[Measured], max_false_rate: float) -> None:
     )
     print("| --- | --- |" + " ---: |" * 4)
     print("\n".join(row for r in results for row in r.operating_rows()))
+
+    print("\nAt the product's default thresholds (consumers/features/catalog.py; held-out half)")
+    print("| feature | default | held-out false alerts | held-out copy recall |")
+    print("| --- |" + " ---: |" * 3)
+    print("\n".join(r.shipped_row() for r in results))
+    print("| feature | default | " + " | ".join(TRANSFORMS) + " |")
+    print("| --- |" + " ---: |" * (len(TRANSFORMS) + 1))
+    print("\n".join(r.transform_row(r.spec.alert_max_distance) for r in results))
 
     chosen = ", ".join(f'"{r.spec.name}": {r.fmt(r.threshold)}' for r in results)
     print(f"\nLOOKALIKE_ALERT_MAX_DISTANCE='{{{chosen}}}'")
