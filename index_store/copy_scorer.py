@@ -11,6 +11,7 @@ the held-out half is what BENCHMARKS.md reports.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,38 +22,35 @@ from index_store.alignment import Aligned
 
 WEIGHTS = Path(__file__).with_name("copy_scorer.json")
 
-# The numbers the model weighs, in order (scaled to about 0..1).
-EVIDENCE = (
-    "bias",
-    "log inliers",
-    "cover",
-    "whole",
-    "block median",
-    "block upper",
-    "spread / 50",
-    "hash distance / 100",
-    "log votes",
-    "aligned",
-    "cover x block median",
-    "cover x whole",
-    "difference / 50",
-    "detail",
-    "detail x cover",
-    "content",
-    "agree",
-    "content x block median",
-)
+# The numbers the model weighs, in order, each from what alignment found, the hash distance
+# and the keypoint votes (scaled to about 0..1). Their names are the weights file's.
+_NUMBERS: dict[str, Callable[[Aligned, float, float], float]] = {
+    "bias": lambda a, hashed, votes: 1.0,
+    "log inliers": lambda a, hashed, votes: float(np.log1p(a.inliers)),
+    "cover": lambda a, hashed, votes: a.cover,
+    "whole": lambda a, hashed, votes: a.whole,
+    "block median": lambda a, hashed, votes: a.block_median,
+    "block upper": lambda a, hashed, votes: a.block_upper,
+    "spread / 50": lambda a, hashed, votes: a.spread / 50,
+    "hash distance / 100": lambda a, hashed, votes: hashed / 100,
+    "log votes": lambda a, hashed, votes: float(np.log1p(votes)),
+    "aligned": lambda a, hashed, votes: float(a.aligned),
+    "cover x block median": lambda a, hashed, votes: a.cover * a.block_median,
+    "cover x whole": lambda a, hashed, votes: a.cover * a.whole,
+    "difference / 50": lambda a, hashed, votes: a.difference / 50,
+    "detail": lambda a, hashed, votes: a.detail,
+    "detail x cover": lambda a, hashed, votes: a.detail * a.cover,
+    "content": lambda a, hashed, votes: a.content,
+    "agree": lambda a, hashed, votes: a.agree,
+    "content x block median": lambda a, hashed, votes: a.content * a.block_median,
+}
+EVIDENCE = tuple(_NUMBERS)
 Floats = NDArray[np.float64]
 
 
 def evidence(a: Aligned, hash_distance: float, votes: float) -> Floats:
     """EVIDENCE for one (query, candidate) pair."""
-    return np.array(
-        [1.0, np.log1p(a.inliers), a.cover, a.whole, a.block_median, a.block_upper,
-         a.spread / 50, hash_distance / 100, np.log1p(votes), float(a.aligned),
-         a.cover * a.block_median, a.cover * a.whole, a.difference / 50, a.detail,
-         a.detail * a.cover, a.content, a.agree, a.content * a.block_median]
-    )  # fmt: skip
+    return np.array([number(a, hash_distance, votes) for number in _NUMBERS.values()])
 
 
 @dataclass(frozen=True)
