@@ -120,15 +120,15 @@ class Candidates:
         ids = [str(i) for i in range(len(gallery))]
         self.hashes.upsert_many(ids, b"".join(b"".join(g.codes) for g in gallery))
 
-    def of(self, query: Described) -> Candidate:
-        """Candidates (voted first), their votes and the keypoint pairs that voted, and the
-        copy feature's nearest with distances."""
+    def of(self, query: Described, depth: int) -> Candidate:
+        """Candidates (voted first, then the copy feature's `hashed` nearest), their votes and
+        the keypoint pairs that voted, and the copy feature's `depth` nearest with distances
+        (enough to judge the copy feature alone: more than a query has right answers)."""
         votes = self.votes.vote(query.keypoints, self.policy.neighbours)
-        nearest = [
-            (int(i), float(d)) for i, d in self.hashes.search(query.codes, self.policy.hashed)
-        ]
+        depth = max(depth, self.policy.hashed)
+        nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, depth)]
         picked = votes.most(self.policy.voted)
-        picked += [i for i, _ in nearest if i not in picked]
+        picked += [i for i, _ in nearest[: self.policy.hashed] if i not in picked]
         return Candidate(picked, votes, nearest)
 
     def hash_distance(self, query: Described, candidate: int) -> float:
@@ -170,8 +170,8 @@ class Answers:
                 self.score[n], self.verified[n] = score, c
 
 
-def answer(made: list[bytes], candidates: Candidates) -> Answers:
-    """Find and verify every query's candidates."""
+def answer(made: list[bytes], candidates: Candidates, depth: int) -> Answers:
+    """Find and verify every query's candidates (keeping the copy feature's `depth` nearest)."""
     gallery = candidates.gallery
     rows: list[tuple[int, int, Floats]] = []
     hashed: list[list[tuple[int, float]]] = []
@@ -181,7 +181,7 @@ def answer(made: list[bytes], candidates: Candidates) -> Answers:
         image = decode_image(data, max_pixels=10**8)
         query = describe(image, query=True, keypoints=candidates.policy.query_keypoints)
         t1 = time.perf_counter()
-        found = candidates.of(query)
+        found = candidates.of(query, depth)
         picked, votes, nearest = found.picked, found.votes, found.nearest
         t2 = time.perf_counter()
         near = dict(nearest)
@@ -270,7 +270,7 @@ def main() -> None:
     policy = Policy(args.voted, args.hashed, args.compared, args.min_share, args.query_keypoints,
                     args.neighbours)  # fmt: skip
     candidates = Candidates(gallery, policy)
-    got = answer([q.data for q in made], candidates)
+    got = answer([q.data for q in made], candidates, depth=max(len(r) for r in right) + 1)
     if args.fit:
         fitted_on = (f"python -m bench.copy_verify --fit: seed {args.seed}, tuning half, "
                      f"{args.originals} originals, {policy}")  # fmt: skip
