@@ -15,9 +15,9 @@ The set (generated offline from the scikit-image photographs, `lookalike.samples
 - originals: random windows of each photograph (each side 35-60 % of the photograph's, at a
   random place; a nearly uniform window, e.g. a blank margin, is drawn again), resized to
   640 px wide, JPEG q=90;
-- copies: each original once through each transform of `bench/copy_detection.py` (resized,
+- copies: each original once through each transform of `bench/copy_small_set.py` (resized,
   recompressed, mirrored, rotated, cropped, padded, recoloured, blurred, watermarked), drawn
-  with this script's seed. copy_detection designed the `copy` feature on its seed 0 and fixed
+  with this script's seed. copy_small_set designed the `copy` feature on its seed 0 and fixed
   crops; these windows and this seed were used to design nothing;
 - halves: the photographs alternate between a tuning half and a held-out half, so held-out
   numbers come from photographs the threshold never saw;
@@ -57,7 +57,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from bench.copy_detection import TRANSFORMS
+from bench.copy_small_set import TRANSFORMS
 from consumers.features.catalog import build_features
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import decode_image

@@ -115,7 +115,7 @@ class Candidates:
     def __init__(self, gallery: Sequence[Described], policy: Policy) -> None:
         self.gallery = gallery
         self.policy = policy
-        self.votes = KeypointVotes([g.keypoints for g in gallery])
+        self.votes = KeypointVotes([g.keypoints.descriptors for g in gallery])
         self.hashes = EngineFactory("exact").make(COPY.metric, COPY.dim, COPY.codes_per_item)
         ids = [str(i) for i in range(len(gallery))]
         self.hashes.upsert_many(ids, b"".join(b"".join(g.codes) for g in gallery))
@@ -124,7 +124,7 @@ class Candidates:
         """Candidates (voted first, then the copy feature's `hashed` nearest), their votes and
         the keypoint pairs that voted, and the copy feature's `depth` nearest with distances
         (enough to judge the copy feature alone: more than a query has right answers)."""
-        votes = self.votes.vote(query.keypoints, self.policy.neighbours)
+        votes = self.votes.vote(query.keypoints.descriptors, self.policy.neighbours)
         depth = max(depth, self.policy.hashed)
         nearest = [(int(i), float(d)) for i, d in self.hashes.search(query.codes, depth)]
         picked = votes.most(self.policy.voted)
@@ -191,7 +191,7 @@ def answer(made: list[bytes], candidates: Candidates, depth: int) -> Answers:
         )
         for c, a in zip(picked, aligned, strict=True):
             d = near[c] if c in near else candidates.hash_distance(query, c)
-            rows.append((n, c, copy_scorer.evidence(a, d, votes.weight(c))))
+            rows.append((n, c, copy_scorer.evidence(a, d)))
         t3 = time.perf_counter()
         for stage, seconds in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t3 - t0), strict=True):
             took[stage].append(seconds)

@@ -1,7 +1,7 @@
 """Fused search (`feature="all"`): which fusion rule, measured through the product's own
 query engine (consumers/indexer/query.py + fusion.py) on two sets.
 
-- copies: bench/copy_detection.py's set (60 originals, one copy per transform, seed 0):
+- copies: bench/copy_small_set.py's set (60 originals, one copy per transform, seed 0):
   recall@1, the copy's original ranked first among the 60;
 - look-alikes: the same 60 originals are 3 overlapping crops of 20 photographs; a query by id
   of each original should rank another crop of the same photograph first (precision@1);
@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.copy_detection import build_set
+from bench.copy_small_set import build_set
 from consumers.features.catalog import build_features
 from consumers.features.decode import decode_image
 from consumers.indexer.query import QueryEngine

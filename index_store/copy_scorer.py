@@ -1,11 +1,12 @@
 """Which candidate a query copies, and whether it is a copy at all: one score per candidate.
 
-The score is a logistic model of what alignment found (index_store/alignment.py), how near the
-candidate's copy codes are, and how many keypoint votes it got: the highest-scored candidate
-is the answer, and a score of at least the threshold makes it a copy. Weights and threshold
-are fitted on the tuning half of bench/copy_set.py's set by `python -m bench.copy_verify
---fit` (threshold: the lowest with precision >= 0.99 there) and shipped as copy_scorer.json;
-the held-out half is what BENCHMARKS.md reports.
+The score is a logistic model of what alignment found (index_store/alignment.py) and how near
+the candidate's copy codes are (not of keypoint votes: their number depends on how many images
+the vote index holds, so a scorer fitted at one size would misjudge another): the
+highest-scored candidate is the answer, and a score of at least the threshold makes it a
+copy. Weights and threshold are fitted on the tuning half of bench/copy_set.py's set by
+`python -m bench.copy_verify --fit` (threshold: the lowest with precision >= 0.99 there)
+and shipped as copy_scorer.json; the held-out half is what BENCHMARKS.md reports.
 """
 
 from __future__ import annotations
@@ -22,35 +23,34 @@ from index_store.alignment import Aligned
 
 WEIGHTS = Path(__file__).with_name("copy_scorer.json")
 
-# The numbers the model weighs, in order, each from what alignment found, the hash distance
-# and the keypoint votes (scaled to about 0..1). Their names are the weights file's.
-_NUMBERS: dict[str, Callable[[Aligned, float, float], float]] = {
-    "bias": lambda a, hashed, votes: 1.0,
-    "log inliers": lambda a, hashed, votes: float(np.log1p(a.inliers)),
-    "cover": lambda a, hashed, votes: a.cover,
-    "whole": lambda a, hashed, votes: a.whole,
-    "block median": lambda a, hashed, votes: a.block_median,
-    "block upper": lambda a, hashed, votes: a.block_upper,
-    "spread / 50": lambda a, hashed, votes: a.spread / 50,
-    "hash distance / 100": lambda a, hashed, votes: hashed / 100,
-    "log votes": lambda a, hashed, votes: float(np.log1p(votes)),
-    "aligned": lambda a, hashed, votes: float(a.aligned),
-    "cover x block median": lambda a, hashed, votes: a.cover * a.block_median,
-    "cover x whole": lambda a, hashed, votes: a.cover * a.whole,
-    "difference / 50": lambda a, hashed, votes: a.difference / 50,
-    "detail": lambda a, hashed, votes: a.detail,
-    "detail x cover": lambda a, hashed, votes: a.detail * a.cover,
-    "content": lambda a, hashed, votes: a.content,
-    "agree": lambda a, hashed, votes: a.agree,
-    "content x block median": lambda a, hashed, votes: a.content * a.block_median,
+# The numbers the model weighs, in order, each from what alignment found and the hash distance
+# (scaled to about 0..1). Their names are the weights file's.
+_NUMBERS: dict[str, Callable[[Aligned, float], float]] = {
+    "bias": lambda a, hashed: 1.0,
+    "log inliers": lambda a, hashed: float(np.log1p(a.inliers)),
+    "cover": lambda a, hashed: a.cover,
+    "whole": lambda a, hashed: a.whole,
+    "block median": lambda a, hashed: a.block_median,
+    "block upper": lambda a, hashed: a.block_upper,
+    "spread / 50": lambda a, hashed: a.spread / 50,
+    "hash distance / 100": lambda a, hashed: hashed / 100,
+    "aligned": lambda a, hashed: float(a.aligned),
+    "cover x block median": lambda a, hashed: a.cover * a.block_median,
+    "cover x whole": lambda a, hashed: a.cover * a.whole,
+    "difference / 50": lambda a, hashed: a.difference / 50,
+    "detail": lambda a, hashed: a.detail,
+    "detail x cover": lambda a, hashed: a.detail * a.cover,
+    "content": lambda a, hashed: a.content,
+    "agree": lambda a, hashed: a.agree,
+    "content x block median": lambda a, hashed: a.content * a.block_median,
 }
 EVIDENCE = tuple(_NUMBERS)
 Floats = NDArray[np.float64]
 
 
-def evidence(a: Aligned, hash_distance: float, votes: float) -> Floats:
+def evidence(a: Aligned, hash_distance: float) -> Floats:
     """EVIDENCE for one (query, candidate) pair."""
-    return np.array([number(a, hash_distance, votes) for number in _NUMBERS.values()])
+    return np.array([number(a, hash_distance) for number in _NUMBERS.values()])
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class CopyScorer:
     def __post_init__(self) -> None:
         if self.weights.shape != (len(EVIDENCE),):
             raise ValueError(f"{self.weights.shape[0]} weights for {len(EVIDENCE)} numbers")
+
+    @property
+    def max_distance(self) -> float:
+        """The threshold as a distance: the largest `distance` a copy has."""
+        return distance(self.threshold)
 
     def score(self, rows: Floats) -> Floats:
         """Scores of evidence rows (n, len(EVIDENCE))."""
@@ -84,3 +89,9 @@ class CopyScorer:
             raise ValueError(f"{path} weighs {document['evidence']}, this build {list(EVIDENCE)}")
         weights = np.array(document["weights"], dtype=np.float64)
         return cls(weights, float(document["threshold"]), str(document.get("fitted_on", "")))
+
+
+def distance(score: float) -> float:
+    """A score as the keypoints feature's distance: 1 - the model's probability of a copy
+    (smaller is closer, as every feature's distances; 0..1)."""
+    return float(1 - 1 / (1 + np.exp(-score)))

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
@@ -31,6 +32,8 @@ from index_store.lmdb_store import Change, FeatureStore, ImageRecord, Upsert
 from index_store.snapshots import Snapshot, latest, write
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 FILL_CHUNK = 10_000  # vectors per bulk upsert when filling an engine from the store
 
@@ -233,6 +236,12 @@ class FeatureIndex:
             if isinstance(engine, HoldOut):
                 return engine.graph_search(vector, k)
             return engine.search([vector], k)
+
+    def consult(self, ask: Callable[[Engine], T]) -> T:
+        """Ask the engine serving now something beyond a search (e.g. a vote index's votes),
+        under the lock that keeps it apart from changes."""
+        with self._lock:
+            return ask(self._engine)
 
     def vector_of(self, image_id: str) -> bytes | None:
         with self._lock:

@@ -21,7 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from index_store.alignment import Pairs
-from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
+from index_store.keypoints import DESCRIPTOR_BYTES
+
+Descriptors = NDArray[np.uint8]  # (n, DESCRIPTOR_BYTES): one image's ORB descriptors
 
 PROBES = 16
 TRAINING_PER_LIST = 64  # descriptors per centroid the k-means sees (faiss's default: 256)
@@ -73,7 +75,7 @@ class KeypointVotes:
     (every descriptor compared); a trained index is trained for the descriptors it was built
     with, and says when it has grown enough to be rebuilt (`needs_training`)."""
 
-    def __init__(self, gallery: Sequence[Keypoints] = (), lists: int | None = None) -> None:
+    def __init__(self, gallery: Sequence[Descriptors] = (), lists: int | None = None) -> None:
         descriptors, ids = rows_of(list(enumerate(gallery)))
         lists = lists_for(len(descriptors)) if lists is None else lists
         lists = min(lists, len(descriptors) // 39)
@@ -90,6 +92,14 @@ class KeypointVotes:
         if len(descriptors):
             self.index.add_with_ids(descriptors, ids)
 
+    @classmethod
+    def of(cls, index: faiss.IndexBinary, trained_for: int) -> KeypointVotes:
+        """The vote index over a faiss index as saved (trained for `trained_for` descriptors,
+        0 when exact)."""
+        votes = cls()
+        votes.index, votes.trained_for = index, trained_for  # nprobe is saved with it
+        return votes
+
     def __len__(self) -> int:
         """Descriptors held."""
         return int(self.index.ntotal)
@@ -102,20 +112,21 @@ class KeypointVotes:
             return lists_for(len(self)) <= len(self) // 39
         return len(self) >= 4 * self.trained_for
 
-    def add(self, image: int, keypoints: Keypoints) -> None:
-        """Index `image`'s keypoints (replacing any it had)."""
+    def add(self, image: int, descriptors: Descriptors) -> None:
+        """Index `image`'s descriptors (replacing any it had)."""
         self.remove(image)
-        descriptors, ids = rows_of([(image, keypoints)])
-        if len(descriptors):
-            self.index.add_with_ids(descriptors, ids)
+        rows, ids = rows_of([(image, descriptors)])
+        if len(rows):
+            self.index.add_with_ids(rows, ids)
 
     def remove(self, image: int) -> None:
         self.index.remove_ids(faiss.IDSelectorRange(image * STRIDE, (image + 1) * STRIDE))
 
-    def vote(self, query: Keypoints, neighbours: int = NEIGHBOURS) -> Votes:
+    def vote(self, query: Descriptors, neighbours: int = NEIGHBOURS) -> Votes:
+        """The votes of a query's descriptors."""
         if not len(query) or not self.index.ntotal:
             return Votes.none()
-        distances, ids = self.index.search(query.descriptors, neighbours)
+        distances, ids = self.index.search(query, neighbours)
         near = (ids >= 0) & (distances <= MAX_DISTANCE)
         query_keypoints = np.nonzero(near)[0]
         found = ids[near]
@@ -130,11 +141,11 @@ def lists_for(descriptors: int) -> int:
     return round(float(np.sqrt(PROBES * descriptors)))
 
 
-def rows_of(images: Sequence[tuple[int, Keypoints]]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+def rows_of(images: Sequence[tuple[int, Descriptors]]) -> tuple[Descriptors, NDArray[np.int64]]:
     """The images' descriptors, one per row, and their ids (image x STRIDE + keypoint)."""
     if any(len(k) > STRIDE for _, k in images):
         raise ValueError(f"an image has more than {STRIDE} keypoints")
-    descriptors = [k.descriptors for _, k in images]
+    descriptors = [k for _, k in images]
     ids = [image * STRIDE + np.arange(len(k), dtype=np.int64) for image, k in images]
     if not descriptors:
         return np.zeros((0, DESCRIPTOR_BYTES), np.uint8), np.zeros(0, np.int64)

@@ -1,10 +1,12 @@
-"""An image's keypoints as copy verification keeps them: where, what they look like, and a
-small grey copy of the picture to compare aligned pixels with.
+"""An image's keypoints as copy verification keeps them: where, what they look like, a small
+grey copy of the picture to compare aligned pixels with, and the picture's copy codes (how near
+two pictures' codes are is evidence too, and travelling together they need no other index).
 
 `Keypoints` is what consumers/features/copy_keypoints.py describes (ORB on a <= 320 px grey
 copy) and what index_store/alignment.py verifies. `pack`/`unpack` give it one byte layout,
-versioned by its magic: a header, the points as float16 (x, y on the grey copy), the 32-byte
-ORB descriptors, then the grey copy as a JPEG.
+versioned by its magic: a header (which says how long the whole is, so records packed back to
+back can be split: `split`), the points as float16 (x, y on the grey copy), the 32-byte ORB
+descriptors, the copy codes, then the grey copy as a JPEG.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-MAGIC = b"LKP1"
-HEADER = struct.Struct("<4sHHH")  # magic, keypoints, grey height, grey width
+MAGIC = b"LKP3"
+# magic, keypoints, grey height, grey width, code bytes, JPEG bytes
+HEADER = struct.Struct("<4sHHHII")
 DESCRIPTOR_BYTES = 32
 GREY_QUALITY = 90
 
@@ -28,6 +31,7 @@ class Keypoints:
     points: NDArray[np.float32]  # (n, 2): x, y on `grey`
     descriptors: NDArray[np.uint8]  # (n, DESCRIPTOR_BYTES)
     grey: NDArray[np.uint8]  # (h, w)
+    codes: bytes = b""  # the copy feature's codes of the picture (a query's: query codes)
 
     def __post_init__(self) -> None:
         n = len(self.points)
@@ -52,33 +56,95 @@ def pack(keypoints: Keypoints) -> bytes:
     Image.fromarray(keypoints.grey, "L").save(grey, "JPEG", quality=GREY_QUALITY)
     return b"".join(
         (
-            HEADER.pack(MAGIC, len(keypoints), h, w),
+            HEADER.pack(
+                MAGIC, len(keypoints), h, w, len(keypoints.codes), grey.getbuffer().nbytes
+            ),
             keypoints.points.astype("<f2").tobytes(),
             np.ascontiguousarray(keypoints.descriptors).tobytes(),
+            keypoints.codes,
             grey.getvalue(),
         )
     )
 
 
-def unpack(data: bytes) -> Keypoints:
-    if len(data) < HEADER.size:
-        raise BadKeypoints(f"{len(data)} bytes are shorter than the header")
-    magic, n, h, w = HEADER.unpack_from(data)
+@dataclass(frozen=True)
+class _Layout:
+    keypoints: int
+    shape: tuple[int, int]  # the grey copy's (h, w)
+    points: slice
+    descriptors: slice
+    codes: slice
+    grey: slice
+
+
+def _layout(data: bytes | memoryview, at: int = 0) -> _Layout:
+    """Where each part of the packed keypoints starting at `at` lies (the grey copy is not
+    decoded here)."""
+    if len(data) - at < HEADER.size:
+        raise BadKeypoints(f"{len(data) - at} bytes are shorter than the header")
+    magic, n, h, w, code_bytes, grey_bytes = HEADER.unpack_from(data, at)
     if magic != MAGIC:
-        raise BadKeypoints(f"magic {magic!r}, expected {MAGIC!r}")
-    at = HEADER.size
-    points_end = at + n * 2 * 2
+        raise BadKeypoints(f"magic {bytes(magic)!r}, expected {MAGIC!r}")
+    points_end = at + HEADER.size + n * 2 * 2
     descriptors_end = points_end + n * DESCRIPTOR_BYTES
-    if len(data) <= descriptors_end:
-        raise BadKeypoints(f"{len(data)} bytes cannot hold {n} keypoints and a grey copy")
-    points = np.frombuffer(data[at:points_end], "<f2").astype(np.float32).reshape(n, 2)
-    descriptors = np.frombuffer(data[points_end:descriptors_end], np.uint8)
-    descriptors = descriptors.reshape(n, DESCRIPTOR_BYTES)
+    codes_end = descriptors_end + code_bytes
+    end = codes_end + grey_bytes
+    if not grey_bytes or len(data) < end:
+        raise BadKeypoints(f"{len(data) - at} bytes cannot hold {n} keypoints and a grey copy")
+    return _Layout(
+        n,
+        (h, w),
+        slice(at + HEADER.size, points_end),
+        slice(points_end, descriptors_end),
+        slice(descriptors_end, codes_end),
+        slice(codes_end, end),
+    )
+
+
+def split(records: bytes | memoryview) -> list[memoryview]:
+    """Packed keypoints written back to back, one view each."""
+    view, at, out = memoryview(records), 0, []
+    while at < len(view):
+        end = _layout(view, at).grey.stop
+        out.append(view[at:end])
+        at = end
+    return out
+
+
+def descriptors_of(data: bytes | memoryview) -> NDArray[np.uint8]:
+    """Only the descriptors of packed keypoints (what the vote index holds): no decoding."""
+    layout = _layout(data)
+    found = np.frombuffer(data[layout.descriptors], np.uint8)
+    return found.reshape(layout.keypoints, DESCRIPTOR_BYTES)
+
+
+def check(data: bytes) -> str | None:
+    """Why `data` are not packed keypoints of this layout (the grey copy's header read, not
+    its pixels), or None."""
     try:
-        with Image.open(io.BytesIO(data[descriptors_end:])) as img:
+        layout = _layout(data)
+        if layout.grey.stop != len(data):
+            return f"{len(data) - layout.grey.stop} bytes follow the keypoints"
+        with Image.open(io.BytesIO(data[layout.grey])) as img:
+            if (img.height, img.width) != layout.shape:
+                return f"the grey copy is {(img.height, img.width)}, the header says {layout.shape}"
+    except BadKeypoints as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"the grey copy does not decode: {exc}"
+    return None
+
+
+def unpack(data: bytes) -> Keypoints:
+    layout = _layout(data)
+    n = layout.keypoints
+    points = np.frombuffer(data[layout.points], "<f2").astype(np.float32).reshape(n, 2)
+    descriptors = descriptors_of(data)
+    try:
+        with Image.open(io.BytesIO(data[layout.grey])) as img:
             grey = np.asarray(img.convert("L"))
     except OSError as exc:
         raise BadKeypoints(f"the grey copy does not decode: {exc}") from exc
-    if grey.shape != (h, w):
-        raise BadKeypoints(f"the grey copy is {grey.shape}, the header says {(h, w)}")
-    return Keypoints(points, descriptors, grey)
+    if grey.shape != layout.shape:
+        raise BadKeypoints(f"the grey copy is {grey.shape}, the header says {layout.shape}")
+    return Keypoints(points, descriptors, grey, bytes(data[layout.codes]))

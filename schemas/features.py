@@ -21,10 +21,19 @@ class FeatureOp(StrEnum):
 
 
 class VectorKind(StrEnum):
-    """How to read `FeatureEvent.vector`: packed bits compared by Hamming distance, or float32."""
+    """How to read `FeatureEvent.vector`: packed bits compared by Hamming distance, float32, or
+    a feature's own byte layout of any length (keypoints: index_store/keypoints.py)."""
 
     BITS = "bits"
     FLOAT32 = "float32"
+    PACKED = "packed"
+
+
+def vector_bytes(kind: VectorKind, dim: int) -> int:
+    """Bytes of a vector of `kind` and `dim` (bits, floats, or bytes for PACKED)."""
+    if kind is VectorKind.BITS:
+        return (dim + 7) // 8
+    return dim * 4 if kind is VectorKind.FLOAT32 else dim
 
 
 class FeatureEvent(Message):
@@ -38,7 +47,7 @@ class FeatureEvent(Message):
     etag: str | None = None
     size: int | None = None
     vector_kind: VectorKind | None = None
-    dim: int | None = Field(None, description="bits for BITS, floats for FLOAT32")
+    dim: int | None = Field(None, description="bits for BITS, floats for FLOAT32, bytes for PACKED")
     vector: bytes | None = None
     reason: str | None = Field(None, description="why a reject was rejected")
     extracted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -54,7 +63,7 @@ class FeatureEvent(Message):
         if self.op is FeatureOp.UPSERT:
             if self.vector is None or self.vector_kind is None or self.dim is None:
                 raise ValueError("an upsert carries vector, vector_kind and dim")
-            expected = (self.dim + 7) // 8 if self.vector_kind is VectorKind.BITS else self.dim * 4
+            expected = vector_bytes(self.vector_kind, self.dim)
             if len(self.vector) != expected:
                 raise ValueError(f"vector has {len(self.vector)} bytes, dim says {expected}")
         return self

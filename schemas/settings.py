@@ -109,11 +109,13 @@ class Settings(BaseSettings):
 
     # --- Extraction -------------------------------------------------------------------------
     features: str = Field(
-        "phash,colour,copy,clip", description="comma-separated features to extract and index"
+        "phash,colour,copy,keypoints,clip",
+        description="comma-separated features to extract and index",
     )
     # Split extraction by cost: fast features are never queued behind the model.
     extractor_pools: str = Field(
-        "phash,colour,copy;clip", description="embedded stack: one extractor group per ';' part"
+        "phash,colour,copy,keypoints;clip",
+        description="embedded stack: one extractor group per ';' part",
     )
     extract_batch_max: int = 32
     clip_model: str = "ViT-B-32"

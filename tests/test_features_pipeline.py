@@ -7,6 +7,7 @@ import io
 import uuid
 from functools import partial
 
+import numpy as np
 import pytest
 from aiokafka.structs import ConsumerRecord
 from minio import Minio
@@ -17,7 +18,7 @@ from producers.search_client import SearchClient
 from producers.uploads import upload_bytes
 from schemas.dead_letter import DeadLetter
 from schemas.minio_events import notification_key
-from schemas.search import SearchReply, SearchRequest
+from schemas.search import SearchReply, SearchRequest, Verdict
 from schemas.settings import Settings
 from tests.kafka_helpers import eventually, find_on_topic
 
@@ -38,7 +39,7 @@ async def test_upload_is_indexed_by_every_feature(
     key = f"feat-{uuid.uuid4().hex[:6]}/coffee.jpg"
     upload_bytes(s3, settings.bucket, key, jpeg(photo("coffee")))
     image_id = f"{settings.bucket}/{key}"
-    for feature in ("phash", "colour", "copy", "clip"):
+    for feature in ("phash", "colour", "copy", "keypoints", "clip"):
         reply = await eventually(partial(by_id, search, feature, image_id), lambda r: r.ok)
         assert reply.feature == feature and reply.indexed >= 1
     by_colour = await search.search(
@@ -59,6 +60,30 @@ async def test_cropped_copy_is_found_by_the_copy_feature(
     crop = jpeg(original.crop((w // 8, h // 8, w - w // 8, h - h // 8)))
     reply = await search.search(SearchRequest(feature="copy", image=crop, k=1))
     assert [hit.image_id for hit in reply.hits] == [image_id]
+
+
+async def test_an_off_centre_crop_of_a_turned_copy_is_verified_as_a_copy(
+    s3: Minio, search: SearchClient, settings: Settings
+) -> None:
+    """The keypoints feature through the stack: candidates by keypoint votes, aligned and
+    scored; the original is the answer and the verdict is `copy`, while a photograph that was
+    never uploaded gets no `copy` verdict."""
+    key = f"verified-{uuid.uuid4().hex[:6]}/astronaut.jpg"
+    original = photo("astronaut")
+    upload_bytes(s3, settings.bucket, key, jpeg(original))
+    image_id = f"{settings.bucket}/{key}"
+    await eventually(partial(by_id, search, "keypoints", image_id), lambda r: r.ok)
+    w, h = original.size
+    turned = original.rotate(7, resample=Image.Resampling.BILINEAR)
+    crop = jpeg(turned.crop((w // 3, h // 10, w - w // 20, h - h // 4)), quality=70)
+    reply = await search.search(SearchRequest(feature="keypoints", image=crop, k=3))
+    assert reply.ok and reply.hits[0].image_id == image_id
+    assert reply.hits[0].verdict is Verdict.COPY
+    # Never uploaded by any test: smooth random blobs drawn for this test alone.
+    blobs = np.random.default_rng(uuid.uuid4().int).integers(0, 256, (30, 40, 3), np.uint8)
+    stranger = jpeg(Image.fromarray(blobs).resize((480, 360), Image.Resampling.BICUBIC))
+    other = await search.search(SearchRequest(feature="keypoints", image=stranger, k=3))
+    assert other.ok and all(h.verdict is Verdict.UNRELATED for h in other.hits)
 
 
 async def test_text_query_is_answered_from_the_clip_index(

@@ -93,7 +93,7 @@ def test_the_api_answers_a_fused_search_with_verdicts_and_thumbnails(
     assert answer["feature"] == "all"
     first = answer["hits"][0]
     assert first["image_id"] == image_id and first["verdict"] == "copy"
-    assert set(first["distances"]) == {"phash", "colour", "copy", "clip"}
+    assert set(first["distances"]) == {"phash", "colour", "copy", "keypoints", "clip"}
     with urllib.request.urlopen(first["url"], timeout=10) as thumbnail:  # presigned S3 GET
         assert Image.open(io.BytesIO(thumbnail.read())).size == (320, 240)
     similar = get_json(stack.http_url + f"api/images/{image_id}/similar?k=3")

@@ -1,5 +1,6 @@
 """One alert per uploaded image, joined across every feature, with the copies it has (real
-broker and S3; the session stack runs phash, colour, copy and CLIP in two extractor groups)."""
+broker and S3; the session stack runs phash, colour, copy, keypoints and CLIP in two extractor
+groups)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,6 @@ async def test_an_upload_yields_exactly_one_joined_alert_naming_its_copy(
     alerts = await alerts_for(settings, copy_id, wait_s=45)
     assert len(alerts) == 1, alerts
     (alert,) = alerts
-    assert not alert.partial and alert.features == ["clip", "colour", "copy", "phash"]
+    assert not alert.partial and alert.features == ["clip", "colour", "copy", "keypoints", "phash"]
     matches = {m.image_id: m.verdict for m in alert.matches}
     assert matches.get(f"{settings.bucket}/{prefix}/original.jpg") is Verdict.COPY

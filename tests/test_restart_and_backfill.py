@@ -53,7 +53,7 @@ async def test_indexer_restart_keeps_results(
     await eventually(lambda: by_id(search, f"{settings.bucket}/{prefix}/coffee.jpg"), found)
     for name in ("astronaut", "coffee", "chelsea"):  # in every index, before the restart
         image_id = f"{settings.bucket}/{prefix}/{name}.jpg"
-        for feature in ("phash", "colour", "copy", "clip"):
+        for feature in ("phash", "colour", "copy", "keypoints", "clip"):
             await eventually(partial(by_id, search, image_id, feature), found)
     before = await by_id(search, probe)
     assert before is not None

@@ -259,7 +259,7 @@ class EventHandler:
                 etag=d.obj.etag,
                 size=d.obj.size,
                 vector_kind=spec.vector_kind,
-                dim=spec.dim,
+                dim=spec.dim_of(vector),
                 vector=vector,
                 uploaded_at=d.change.event_time,
                 bulk=d.change.bulk,

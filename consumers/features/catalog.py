@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import structlog
 
-from consumers.features import colour_histogram, copy_signature, phash
+from consumers.features import colour_histogram, copy_keypoints, copy_signature, phash
 from consumers.features.contract import FeatureSpec
+from index_store import keypoints
+from index_store.copy_scorer import CopyScorer
 from index_store.metric import Metric
 from schemas.features import VectorKind
 from schemas.settings import Settings
@@ -59,7 +61,23 @@ COPY = FeatureSpec(
     codes_per_item=copy_signature.CODES,
 )
 
-KNOWN = ("phash", "colour", "copy", "clip")
+# The copy feature's second stage: keypoints that verify its candidates (and find crops its
+# codes miss) by alignment (consumers/indexer/copy_verification.py). Its distance is 1 - the
+# copy scorer's probability; the alert threshold is the scorer's (chosen for precision >= 0.99
+# by `python -m bench.copy_verify --fit`; BENCHMARKS.md, "Copy detection at scale").
+KEYPOINTS = FeatureSpec(
+    name=copy_keypoints.NAME,
+    version=copy_keypoints.VERSION,
+    vector_kind=VectorKind.PACKED,
+    dim=copy_keypoints.MAX_BYTES,
+    metric=Metric.VERIFIED,
+    alert_max_distance=CopyScorer.load().max_distance,
+    describe_batch=copy_keypoints.packed,
+    describe_query=copy_keypoints.packed_query,
+    check_packed=keypoints.check,
+)
+
+KNOWN = ("phash", "colour", "copy", "keypoints", "clip")
 
 # CLIP's threshold was measured for the default architecture with RANDOM weights (nothing can
 # be downloaded where the benchmark ran): it means nothing for trained weights. A deployment
@@ -127,6 +145,8 @@ def build_features(settings: Settings, names: Sequence[str] | None = None) -> li
             specs.append(COLOUR)
         elif name == "copy":
             specs.append(COPY)
+        elif name == "keypoints":
+            specs.append(KEYPOINTS)
         else:
             specs.append(clip_feature(settings))
     return [with_alert_override(spec, settings) for spec in specs]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from index_store.metric import Metric
-from schemas.features import VectorKind
+from schemas.features import VectorKind, vector_bytes
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class FeatureSpec:
     # feature decodes better itself (CLIP on a GPU: nvJPEG); an extractor whose features all
     # have it skips its own CPU decode.
     describe_encoded: Callable[[Sequence[bytes]], list[bytes | str]] | None = None
+    # PACKED features: why a vector is not one of this feature's layout (None: it is), so an
+    # indexer dead-letters it instead of failing on it.
+    check_packed: Callable[[bytes], str | None] | None = None
 
     def __post_init__(self) -> None:
         low, high = self.distance_range
@@ -53,12 +56,30 @@ class FeatureSpec:
         """The smallest and largest distance two of this feature's images can have."""
         if self.metric is Metric.HAMMING:
             return 0.0, float(self.dim // self.codes_per_item)  # bits of one code
+        if self.metric is Metric.VERIFIED:
+            return 0.0, 1.0  # 1 - a probability
         # Cosine distance of unit vectors; L1 of distributions (histograms that sum to 1).
         return 0.0, 2.0
 
     @property
     def vector_bytes(self) -> int:
-        return (self.dim + 7) // 8 if self.vector_kind is VectorKind.BITS else self.dim * 4
+        """Bytes of each vector (PACKED: the most a vector may have)."""
+        return vector_bytes(self.vector_kind, self.dim)
+
+    def unusable(self, vector: bytes) -> str | None:
+        """Why `vector` is not one of this feature's (its size or layout), or None."""
+        size = len(vector)
+        if self.vector_kind is VectorKind.PACKED:
+            if size > self.vector_bytes:
+                return f"vector has {size} bytes, {self.name} takes at most {self.vector_bytes}"
+            return self.check_packed(vector) if self.check_packed is not None else None
+        if size != self.vector_bytes:
+            return f"vector has {size} bytes, {self.name} holds {self.vector_bytes}"
+        return None
+
+    def dim_of(self, vector: bytes) -> int:
+        """The `dim` an event carrying `vector` says (PACKED: its bytes)."""
+        return len(vector) if self.vector_kind is VectorKind.PACKED else self.dim
 
     @property
     def index_name(self) -> str:

@@ -8,25 +8,32 @@ that they agree on one similarity transform and that the pixels it aligns match.
 
 An indexed image keeps INDEXED keypoints, a query looks for QUERY (as many: twice as many
 found no more copies on bench/copy_verify.py's tuning half and cost twice the votes). A query
-is border-trimmed first (border_trim), as the copy feature's
-hashes are: padding has no keypoints but moves everything else.
+is border-trimmed first (border_trim), as the copy feature's hashes are: padding has no
+keypoints but moves everything else. Each carries the picture's copy codes (copy_signature: a
+query's query codes), whose distance the copy scorer weighs too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageOps
 
-from consumers.features import border_trim
-from index_store.keypoints import DESCRIPTOR_BYTES, Keypoints
+from consumers.features import border_trim, copy_signature
+from index_store.keypoints import DESCRIPTOR_BYTES, MAGIC, Keypoints, pack
 
+NAME = "keypoints"
 SIDE = 320  # longest side of the grey copy keypoints are found on
 INDEXED = 300
 QUERY = 300
 EDGE = 15  # pixels at the border without keypoints (ORB's patch must fit)
 FAST_THRESHOLD = 10  # lower than ORB's default 20: small, soft pictures still get corners
+VERSION = f"keypoints-orb{INDEXED}-f{FAST_THRESHOLD}-{SIDE}px-{MAGIC.decode()}-v1"
+VERSION += f"+{copy_signature.VERSION}"  # the codes it carries
+MAX_BYTES = 256 * 1024  # packed: far more than 1,024 keypoints and a 320 px grey JPEG take
 
 
 def grey_copy(img: Image.Image) -> NDArray[np.uint8]:
@@ -40,19 +47,35 @@ def grey_copy(img: Image.Image) -> NDArray[np.uint8]:
     return np.ascontiguousarray(grey, dtype=np.uint8)
 
 
-def describe(img: Image.Image, keypoints: int = INDEXED, trim: bool = False) -> Keypoints:
-    """Up to `keypoints` ORB keypoints of `img` (borders trimmed first if `trim`)."""
+def describe(
+    img: Image.Image, keypoints: int = INDEXED, trim: bool = False, codes: bytes = b""
+) -> Keypoints:
+    """Up to `keypoints` ORB keypoints of `img` (borders trimmed first if `trim`), carrying
+    `codes` (its copy codes)."""
     framed = border_trim.framings(img)[-1] if trim else img
     grey = grey_copy(framed)
     orb = cv2.ORB.create(nfeatures=keypoints, edgeThreshold=EDGE, fastThreshold=FAST_THRESHOLD)
     found, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None or not found:
         empty_points = np.zeros((0, 2), np.float32)
-        return Keypoints(empty_points, np.zeros((0, DESCRIPTOR_BYTES), np.uint8), grey)
+        return Keypoints(empty_points, np.zeros((0, DESCRIPTOR_BYTES), np.uint8), grey, codes)
     points = np.array([k.pt for k in found], np.float32)
-    return Keypoints(points, np.asarray(descriptors, np.uint8), grey)
+    return Keypoints(points, np.asarray(descriptors, np.uint8), grey, codes)
 
 
-def query(img: Image.Image, keypoints: int = QUERY) -> Keypoints:
+def query(img: Image.Image, keypoints: int = QUERY, codes: bytes = b"") -> Keypoints:
     """A query's keypoints: borders trimmed, QUERY of them unless told."""
-    return describe(img, keypoints, trim=True)
+    return describe(img, keypoints, trim=True, codes=codes)
+
+
+def packed(images: Sequence[Image.Image]) -> list[bytes]:
+    """Indexed images' keypoints with their copy codes, packed (index_store/keypoints.py): the
+    feature's vectors."""
+    return [pack(describe(img, codes=copy_signature.describe(img))) for img in images]
+
+
+def packed_query(img: Image.Image) -> list[bytes]:
+    """A query's keypoints and its mirror's (ORB is not mirror-invariant), packed, each with
+    the query's copy codes (which cover the mirror already)."""
+    codes = b"".join(copy_signature.query_codes(img))
+    return [pack(query(img, codes=codes)), pack(query(ImageOps.mirror(img), codes=codes))]

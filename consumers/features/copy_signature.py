@@ -5,7 +5,7 @@ again when it has none) x 9 hashes (whole, centred 85 % and 75 % windows, the 75
 shifted along each diagonal, turned +-7 degrees): 18 codes of 576 bits, one fixed-size vector.
 A query is hashed (and mirrored) in each of its framings; the distance is the smallest
 Hamming distance over all pairs. Work is done on a <= 256 px copy: the hashes look at 96 px,
-and the full-size windows and turns cost 6x more for the same codes. bench/copy_detection.py
+and the full-size windows and turns cost 6x more for the same codes. bench/copy_small_set.py
 measures what this buys over the plain `phash` feature (crops, padding, turns).
 """
 

@@ -14,7 +14,7 @@ indexed hash) pairs.
 The price: 9 hashes stored and compared per image instead of 1 (x2 for an image with
 borders, see border_trim.framings), and unrelated pictures come closer (a minimum over more
 pairs), so a match threshold must be re-tuned. The windows and angles were chosen against the
-ranges of bench/copy_detection.py (crops keeping 70-80 % of each side within 3 % of the
+ranges of bench/copy_small_set.py (crops keeping 70-80 % of each side within 3 % of the
 centre, rotations of 5-10 degrees); its "outside the set's ranges" table shows where the help
 stops (rotations past ~11 degrees, crops keeping 60 % or less, crops 5 % or more off centre).
 """

@@ -26,10 +26,12 @@ import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from consumers.features.contract import FeatureSpec
+from consumers.indexer.copy_verification import verifier_for
 from consumers.indexer.query import to_hit
 from consumers.kafka.runner import Record
-from index_store.feature_index import FeatureIndex
+from index_store.feature_index import FeatureIndex, Neighbour
 from index_store.lmdb_store import Change, Delete, ImageRecord, Reject, Upsert
+from index_store.metric import Metric
 from schemas import tracing
 from schemas.features import FeatureEvent, FeatureOp, VectorKind
 from schemas.message import MessageError
@@ -104,6 +106,7 @@ class FeatureEventApplier:
         self._indexes = indexes  # by feature name
         self._dead_letters = dead_letters
         self._alerts = alerts
+        self._verifier = verifier_for(specs, indexes)  # the keypoints feature's search
         self.records_read = 0
         self.rejected = 0  # dead-lettered here
         self._warned: dict[str, float] = {}  # feature version -> when last warned about
@@ -198,22 +201,26 @@ class FeatureEventApplier:
     def _near_duplicates(
         self, spec: FeatureSpec, index: FeatureIndex, upserts: list[Upsert]
     ) -> list[SimilarityResult]:
-        k = self._settings.near_duplicate_k
         return [
             SimilarityResult(
                 image_id=u.image_id,
                 etag=u.record.etag,
                 feature=spec.name,
                 feature_version=spec.version,
-                near_duplicates=[
-                    to_hit(n)
-                    for n in index.search(
-                        [u.vector], k, spec.alert_max_distance, exclude=[u.image_id]
-                    )
-                ],
+                near_duplicates=[to_hit(n, spec) for n in self._nearest(spec, index, u)],
             )
             for u in upserts
         ]
+
+    def _nearest(self, spec: FeatureSpec, index: FeatureIndex, u: Upsert) -> list[Neighbour]:
+        """The image's nearest others within the feature's alert threshold (verified ones for
+        the keypoints feature)."""
+        k, limit = self._settings.near_duplicate_k, spec.alert_max_distance
+        if spec.metric is not Metric.VERIFIED or self._verifier is None:
+            return index.search([u.vector], k, limit, exclude=[u.image_id])
+        found = self._verifier.search([u.vector], k, limit, exclude=[u.image_id])
+        records = index.records_of([image_id for image_id, _ in found])
+        return [Neighbour(i, d, r) for (i, d), r in zip(found, records, strict=True)]
 
 
 def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
@@ -223,13 +230,14 @@ def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:
     if event.op is not FeatureOp.UPSERT:
         return None
     assert event.vector is not None  # FeatureEvent's validator guarantees it for upserts
-    if event.vector_kind is not spec.vector_kind or event.dim != spec.dim:
+    if event.vector_kind is not spec.vector_kind or event.dim != spec.dim_of(event.vector):
         return (
             f"{spec.name} {spec.version} holds {spec.vector_kind.value} vectors of dim "
             f"{spec.dim}; the event has {event.vector_kind} of dim {event.dim}"
         )
-    if len(event.vector) != spec.vector_bytes:
-        return f"vector has {len(event.vector)} bytes, {spec.name} holds {spec.vector_bytes}"
+    why = spec.unusable(event.vector)
+    if why is not None:
+        return why
     if spec.vector_kind is VectorKind.FLOAT32:
         if not np.isfinite(np.frombuffer(event.vector, np.float32)).all():
             return "vector has NaN or infinite values"

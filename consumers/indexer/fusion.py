@@ -4,13 +4,15 @@ one fused rank and a verdict per hit.
 1. each feature index proposes its nearest `pool` images for the query;
 2. every candidate gets its exact distance in every feature (a scratch exact engine over the
    candidates' stored vectors: a CLIP look-alike gets its copy distance too, so the verdict
-   sees everything);
+   sees everything); the keypoints feature's verifier (copy_verification.py) proposes its
+   own and verifies every other feature's candidates too;
 3. the fused score ranks them. Two rules (chosen by measurement, BENCHMARKS.md "Fused search"):
    - `calibrated`: each distance over its feature's alert threshold (the distance the
      feature calls "the same picture", measured per feature: FeatureSpec.alert_max_distance),
      the smallest ratio wins: <= 1 means some feature vouches for the match;
    - `rrf`: reciprocal rank fusion, the sum over features of 1 / (60 + rank);
-4. the verdict: `exact` (same bytes: eTag), `copy` (a copy feature within its threshold),
+4. the verdict: `exact` (same bytes: eTag), `copy` (a copy feature, or the verified keypoints
+   feature, within its threshold),
    `similar` (CLIP or colour within theirs), else `unrelated`.
 """
 
@@ -18,15 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from consumers.features.contract import FeatureSpec
 from index_store.engines.factory import EngineFactory
 from index_store.feature_index import FeatureIndex
+from index_store.metric import Metric
 from schemas.search import Verdict
 
+if TYPE_CHECKING:
+    from consumers.indexer.copy_verification import CopyVerifier
+
 FusionRule = Literal["calibrated", "rrf"]
-COPY_FEATURES = ("copy", "phash")  # within their thresholds: the same picture, altered
+# within their thresholds: the same picture, altered
+COPY_FEATURES = ("copy", "phash", "keypoints")
 SIMILAR_FEATURES = ("clip", "colour")  # within theirs: a look-alike
 RRF_K = 60
 EXACT_ENGINES = EngineFactory("exact")
@@ -47,14 +54,25 @@ def gather(
     queries: Mapping[str, list[bytes]],
     pool: int,
     exclude: Sequence[str],
+    verifier: CopyVerifier | None = None,
 ) -> dict[str, Candidate]:
-    """Each feature's `pool` nearest, then every candidate's distance in every queried feature."""
+    """Each feature's `pool` nearest, then every candidate's distance in every queried feature
+    (a verified feature's from `verifier`, which proposes its own candidates too)."""
     candidates: dict[str, Candidate] = {}
-    for name, vectors in queries.items():
+    searched = {n: q for n, q in queries.items() if specs[n].metric is not Metric.VERIFIED}
+    for name, vectors in searched.items():
         for rank, found in enumerate(indexes[name].search(vectors, pool, None, exclude), 1):
             candidates.setdefault(found.image_id, Candidate(found.image_id)).ranks[name] = rank
+    for name in queries.keys() - searched.keys():
+        if verifier is None:
+            continue
+        also = sorted(candidates)
+        verified = verifier.search(queries[name], len(also) + pool, None, exclude, also)
+        for rank, (image_id, distance) in enumerate(verified, 1):
+            candidate = candidates.setdefault(image_id, Candidate(image_id))
+            candidate.ranks[name], candidate.distances[name] = rank, distance
     ids = sorted(candidates)
-    for name, vectors in queries.items():
+    for name, vectors in searched.items():
         for image_id, distance in exact_distances(specs[name], indexes[name], vectors, ids):
             candidates[image_id].distances[name] = distance
     return candidates

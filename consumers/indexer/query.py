@@ -11,9 +11,11 @@ from PIL import Image
 
 from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
+from consumers.indexer.copy_verification import verifier_for
 from consumers.indexer.fusion import Candidate, gather, rank
 from index_store.feature_index import FeatureIndex, Neighbour
 from index_store.lmdb_store import ImageRecord
+from index_store.metric import Metric
 from schemas.metrics import SEARCH_ERRORS, SEARCH_SECONDS
 from schemas.search import (
     ALL_FEATURES,
@@ -21,6 +23,7 @@ from schemas.search import (
     SearchHit,
     SearchReply,
     SearchRequest,
+    Verdict,
 )
 from schemas.settings import Settings
 
@@ -41,6 +44,7 @@ class QueryEngine:
         self._settings = settings
         self._specs = specs  # by feature name
         self._indexes = indexes  # by feature name
+        self._verifier = verifier_for(specs, indexes)  # the keypoints feature's search
         # This indexer's shard: set once its partitions are assigned.
         self.partitions: list[int] = []
         self.partition_count = 0
@@ -51,12 +55,16 @@ class QueryEngine:
             if request.feature == ALL_FEATURES:
                 return self._timed(request, started, self._fused(request))
             index = self._index_for(request.feature)
-            queries, exclude = self._query_vectors(request, self._specs[request.feature], index)
-            found = index.search(queries, request.k, request.max_distance, exclude)
+            spec = self._specs[request.feature]
+            if spec.metric is Metric.VERIFIED:
+                queries, found = self._verified(request, spec, index)
+            else:
+                queries, exclude = self._query_vectors(request, spec, index)
+                found = index.search(queries, request.k, request.max_distance, exclude)
             reply = SearchReply(
                 ok=True,
                 feature=request.feature,
-                hits=[to_hit(n) for n in found],
+                hits=[to_hit(n, spec) for n in found],
                 indexed=len(index),
                 partitions=self.partitions,
                 partition_count=self.partition_count,
@@ -83,7 +91,7 @@ class QueryEngine:
         except QueryError as exc:
             return self._shard_reply(error_reply(ALL_FEATURES, exc.code, str(exc)))
         pool = max(2 * request.k, 10)
-        candidates = gather(self._specs, self._indexes, queries, pool, exclude)
+        candidates = gather(self._specs, self._indexes, queries, pool, exclude, self._verifier)
         any_index = self._indexes[next(iter(queries))]
         ids = sorted(candidates)
         records = dict(zip(ids, any_index.records_of(ids), strict=True))
@@ -156,6 +164,21 @@ class QueryEngine:
             update={"partitions": self.partitions, "partition_count": self.partition_count}
         )
 
+    def _verified(
+        self, request: SearchRequest, spec: FeatureSpec, index: FeatureIndex
+    ) -> tuple[list[bytes], list[Neighbour]]:
+        """The keypoints feature's search: candidates verified by alignment
+        (copy_verification.py)."""
+        assert self._verifier is not None  # built whenever a VERIFIED feature is configured
+        queries, exclude = self._query_vectors(request, spec, index)
+        try:
+            found = self._verifier.search(queries, request.k, request.max_distance, exclude)
+        except ValueError as exc:
+            raise QueryError(SearchErrorCode.BAD_REQUEST, str(exc)) from exc
+        records = index.records_of([image_id for image_id, _ in found])
+        neighbours = [Neighbour(i, d, r) for (i, d), r in zip(found, records, strict=True)]
+        return queries, neighbours
+
     def _index_for(self, feature: str) -> FeatureIndex:
         index = self._indexes.get(feature)
         if index is None:
@@ -170,19 +193,17 @@ class QueryEngine:
     ) -> tuple[list[bytes], list[str]]:
         exclude = list(request.exclude)
         if request.image_id is not None:
-            code = index.vector_of(request.image_id)
+            # The engine's copy, else the store's (an engine may not keep vectors: keypoints).
+            code = index.vector_of(request.image_id) or index.vectors_of([request.image_id])[0]
             if code is None:
                 raise QueryError(
                     SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in the index"
                 )
             return [code], [*exclude, request.image_id]
         if request.vector is not None:
-            if len(request.vector) != spec.vector_bytes:
-                raise QueryError(
-                    SearchErrorCode.BAD_REQUEST,
-                    f"a {spec.name} vector has {spec.vector_bytes} bytes, "
-                    f"not {len(request.vector)}",
-                )
+            why = spec.unusable(request.vector)
+            if why is not None:
+                raise QueryError(SearchErrorCode.BAD_REQUEST, f"query vector: {why}")
             return [request.vector], exclude
         if request.image is not None:
             vectors = spec.query_vectors(self._decoded(request.image))
@@ -196,8 +217,12 @@ class QueryEngine:
         return [spec.describe_text(request.text)], exclude
 
 
-def to_hit(n: Neighbour) -> SearchHit:
-    return hit_for(n.image_id, n.record, n.distance)
+def to_hit(n: Neighbour, spec: FeatureSpec | None = None) -> SearchHit:
+    """A feature's hit; a verifying feature's (keypoints) says whether it is a copy."""
+    if spec is None or spec.metric is not Metric.VERIFIED:
+        return hit_for(n.image_id, n.record, n.distance)
+    verdict = Verdict.COPY if n.distance <= spec.alert_max_distance else Verdict.UNRELATED
+    return hit_for(n.image_id, n.record, n.distance, verdict=verdict)
 
 
 def fused_hit(c: Candidate, record: ImageRecord | None) -> SearchHit:

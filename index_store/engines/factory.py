@@ -1,6 +1,7 @@
 """Which engine each feature gets, bound to the configuration.
 
 - Hamming codes: `HammingEngine` (exact).
+- keypoints (copy verification): `KeypointEngine` (votes; verified by the query path).
 - L1 float vectors (colour histograms), and cosine ones with `vector_engine="exact"`:
   `ExactFloatEngine`.
 - cosine, `"hnsw"`: `HnswlibEngine` (float32, so its distances are exact).
@@ -28,6 +29,7 @@ from index_store.engines.faiss_graph import Compaction, FaissHnswEngine
 from index_store.engines.graph import GraphSettings
 from index_store.engines.hamming import HammingEngine
 from index_store.engines.held_out import HoldOut
+from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.engines.projection import Projection
 from index_store.engines.rerank import ExactRerank
 from index_store.metric import Metric
@@ -82,6 +84,8 @@ class EngineFactory:
         approximate engine re-rank (and project: without it, a projection is not used)."""
         if metric is Metric.HAMMING:
             return HammingEngine(dim // 8 // codes_per_item, codes_per_item)
+        if metric is Metric.VERIFIED:
+            return KeypointEngine()
         if metric is not Metric.COSINE or self.float_engine == "exact":
             return ExactFloatEngine(dim, metric)
         if self.float_engine == "hnsw":

@@ -1,0 +1,132 @@
+"""The keypoints feature's engine: every image's ORB descriptors in one vote index.
+
+It holds what voting needs (index_store/keypoint_votes.py: descriptors, by image slot), not the
+packed keypoints themselves: copy verification reads those of its few candidates from the
+store of record. A search ranks images by their keypoint votes (distance 1 / (1 + votes):
+unverified; consumers/indexer/copy_verification.py verifies them); `votes` gives the votes
+with the keypoint pairs that cast them, by image id.
+
+The vote index is exact while small and grouped (faiss binary IVF) once groups pay; when it
+has outgrown its groups it asks to be rebuilt (`needs_compaction`: FeatureIndex rebuilds it
+from the store, and a bulk fill trains it for what it holds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Self
+
+import faiss
+
+from index_store.engines.engine import Effort, Hit, Vectors, ranked, require_distinct
+from index_store.engines.slots import SlotEngine, SlotMap
+from index_store.keypoint_votes import NEIGHBOURS, Descriptors, KeypointVotes, Votes
+from index_store.keypoints import MAGIC, descriptors_of, split
+
+VOTES_FILE = "votes.faissbin"
+TRAINED_FILE = "trained.json"
+
+
+class KeypointEngine(SlotEngine):
+    def __init__(self) -> None:
+        self._slots = SlotMap(reuse=True)
+        self._votes = KeypointVotes()
+
+    # --- Engine --------------------------------------------------------------------------------
+    @property
+    def exact_distances(self) -> bool:
+        return True  # vote distances are what they are: nothing to re-rank
+
+    @property
+    def effort(self) -> Effort | None:
+        return None
+
+    @effort.setter
+    def effort(self, effort: Effort) -> None:
+        pass
+
+    @property
+    def needs_compaction(self) -> bool:
+        return self._votes.needs_training
+
+    @property
+    def snapshot_format(self) -> dict[str, object]:
+        return {"engine": "keypoint-votes", "layout": MAGIC.decode()}
+
+    def empty(self) -> Self:
+        return type(self)()
+
+    def upsert(self, image_id: str, vector: bytes) -> None:
+        slot = self._slots.slot_of(image_id)
+        if slot is None:
+            slot = self._slots.add(image_id)
+        self._votes.add(slot, descriptors_of(vector))
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
+        """Into an empty engine, one vote index trained for all of them (a load, a rebuild);
+        otherwise one by one."""
+        require_distinct(image_ids)
+        records = split(vectors)
+        if len(records) != len(image_ids):
+            raise ValueError(f"{len(records)} packed keypoints for {len(image_ids)} ids")
+        if self._slots.size:
+            for image_id, record in zip(image_ids, records, strict=True):
+                self.upsert(image_id, bytes(record))
+            return
+        descriptors: list[Descriptors] = []
+        for image_id, record in zip(image_ids, records, strict=True):
+            self._slots.add(image_id)
+            descriptors.append(descriptors_of(record))
+        self._votes = KeypointVotes(descriptors)
+
+    def _vacate(self, slot: int) -> None:
+        self._votes.remove(slot)
+
+    def vector_of(self, image_id: str) -> bytes | None:
+        return None  # packed keypoints live in the store only
+
+    def search(
+        self,
+        queries: Sequence[bytes],
+        k: int,
+        max_distance: float | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        """Images by keypoint votes for the queries' packed keypoints (1 / (1 + votes))."""
+        excluded = set(exclude)
+        weights: dict[str, float] = {}
+        for query in queries:
+            for image_id, weight in self.voted(self.votes(descriptors_of(query)), None):
+                if image_id not in excluded:
+                    weights[image_id] = max(weight, weights.get(image_id, 0.0))
+        return ranked(((i, 1 / (1 + w)) for i, w in weights.items()), k, max_distance)
+
+    def save(self, directory: Path) -> None:
+        faiss.write_index_binary(self._votes.index, str(directory / VOTES_FILE))
+        self._slots.save(directory)
+        (directory / TRAINED_FILE).write_text(json.dumps(self._votes.trained_for))
+
+    def restored(self, directory: Path) -> Self:
+        engine = self.empty()
+        engine._slots = SlotMap.load(directory, reuse=True)
+        index = faiss.read_index_binary(str(directory / VOTES_FILE))
+        trained_for = int(json.loads((directory / TRAINED_FILE).read_text()))
+        engine._votes = KeypointVotes.of(index, trained_for)
+        return engine
+
+    # --- what copy verification asks -----------------------------------------------------------
+    def votes(self, query: Descriptors, neighbours: int = NEIGHBOURS) -> Votes:
+        """The query's votes, by slot (`voted` names the images)."""
+        return self._votes.vote(query, neighbours)
+
+    def voted(self, votes: Votes, most: int | None) -> list[tuple[str, float]]:
+        """The `most` images with the most votes (all voted ones for None), with their
+        weight: (image id, weight), most first."""
+        slots = votes.most(most if most is not None else len(votes.weights))
+        ids = self._slots.ids_at(slots)
+        return [(i, votes.weight(s)) for i, s in zip(ids, slots, strict=True) if i is not None]
+
+    def slot_of(self, image_id: str) -> int | None:
+        return self._slots.slot_of(image_id)

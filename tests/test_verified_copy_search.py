@@ -1,0 +1,141 @@
+"""The keypoints feature inside an indexer: its engine follows the store (upserts, removals,
+snapshots, a rebuild that trains it), and its search verifies candidates, so a crop finds its
+original with a `copy` verdict while a photograph that is not in the index gets none."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from consumers.features.catalog import COPY, KEYPOINTS
+from consumers.features.contract import FeatureSpec
+from consumers.indexer.query import QueryEngine
+from index_store.engines.factory import EngineFactory
+from index_store.engines.keypoint_engine import KeypointEngine
+from index_store.feature_index import FeatureIndex
+from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
+from index_store.metric import Metric
+from lookalike.samples import photo
+from schemas.search import SearchErrorCode, SearchRequest, Verdict
+from schemas.settings import Settings
+
+GALLERY = ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "clock")
+STRANGER = "coins"  # never indexed
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def cropped(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    w, h = img.size
+    return img.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
+
+
+def upsert(spec: FeatureSpec, name: str) -> Upsert:
+    vector = spec.describe_batch([photo(name)])[0]
+    return Upsert(f"b/{name}", vector, ImageRecord(bucket="b", key=name, etag=f"e-{name}"))
+
+
+def indexes_of(store: FeatureStore, tmp_path: Path) -> dict[str, FeatureIndex]:
+    factory = EngineFactory("exact")
+    return {
+        spec.name: FeatureIndex(
+            store,
+            spec.index_name,
+            factory.make(spec.metric, spec.dim, spec.codes_per_item),
+            snapshot_dir=tmp_path / "snapshots" / spec.index_name,
+        )
+        for spec in (COPY, KEYPOINTS)
+    }
+
+
+def filled(tmp_path: Path) -> tuple[QueryEngine, dict[str, FeatureIndex]]:
+    indexes = indexes_of(FeatureStore(tmp_path / "store"), tmp_path)
+    for spec in (COPY, KEYPOINTS):
+        indexes[spec.name].apply([upsert(spec, name) for name in GALLERY], {"t/0": 1})
+    specs = {spec.name: spec for spec in (COPY, KEYPOINTS)}
+    return QueryEngine(Settings(), specs, indexes), indexes
+
+
+def test_a_crop_finds_its_original_as_a_copy_and_a_stranger_finds_none(tmp_path: Path) -> None:
+    engine, _ = filled(tmp_path)
+    crop = cropped(photo("rocket"), (0.18, 0.1, 0.83, 0.72))
+    reply = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=3))
+    assert reply.ok, reply.error
+    assert reply.hits[0].image_id == "b/rocket" and reply.hits[0].verdict is Verdict.COPY
+    assert reply.hits[0].distance <= KEYPOINTS.alert_max_distance
+    assert all(h.verdict is Verdict.UNRELATED for h in reply.hits[1:])
+
+    stranger = engine.answer(SearchRequest(feature="keypoints", image=jpeg(photo(STRANGER))))
+    assert stranger.ok and all(h.verdict is Verdict.UNRELATED for h in stranger.hits)
+
+
+def test_a_mirrored_crop_is_verified_through_its_mirror(tmp_path: Path) -> None:
+    engine, _ = filled(tmp_path)
+    crop = cropped(photo("chelsea"), (0.1, 0.1, 0.85, 0.9)).transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT
+    )
+    reply = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=1))
+    assert [(h.image_id, h.verdict) for h in reply.hits] == [("b/chelsea", Verdict.COPY)]
+    unmirrored = SearchRequest(feature="keypoints", image=jpeg(crop), include_mirrored=False)
+    assert all(h.verdict is Verdict.UNRELATED for h in engine.answer(unmirrored).hits)
+
+
+def test_fused_search_calls_a_verified_crop_a_copy(tmp_path: Path) -> None:
+    engine, _ = filled(tmp_path)
+    crop = cropped(photo("coffee"), (0.3, 0.05, 0.95, 0.7))
+    reply = engine.answer(SearchRequest(image=jpeg(crop), k=3))
+    assert reply.ok and reply.hits[0].image_id == "b/coffee"
+    assert reply.hits[0].verdict is Verdict.COPY
+    assert reply.hits[0].distances["keypoints"] <= KEYPOINTS.alert_max_distance
+
+
+def test_searching_by_a_missing_id_or_bad_keypoints_is_a_clear_error(tmp_path: Path) -> None:
+    engine, _ = filled(tmp_path)
+    missing = engine.answer(SearchRequest(feature="keypoints", image_id="b/nothing"))
+    assert missing.error_code is SearchErrorCode.NOT_FOUND
+    garbage = engine.answer(SearchRequest(feature="keypoints", vector=b"LKP2" + bytes(40)))
+    assert garbage.error_code is SearchErrorCode.BAD_REQUEST
+
+
+def test_by_id_an_indexed_image_is_not_its_own_copy(tmp_path: Path) -> None:
+    engine, indexes = filled(tmp_path)
+    reply = engine.answer(SearchRequest(feature="keypoints", image_id="b/clock", k=3))
+    assert reply.ok and "b/clock" not in [h.image_id for h in reply.hits]
+    indexes["keypoints"].apply([Delete("b/rocket")], {"t/0": 2})
+    crop = cropped(photo("rocket"), (0.18, 0.1, 0.83, 0.72))
+    after = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop)))
+    assert "b/rocket" not in [h.image_id for h in after.hits]
+
+
+def test_the_engine_survives_a_snapshot_and_a_rebuild_trains_it(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path / "store")
+    index = indexes_of(store, tmp_path)["keypoints"]
+    index.apply([upsert(KEYPOINTS, name) for name in GALLERY], {"t/0": 1})
+    held = len(index)
+    assert index.checkpoint()
+    again = indexes_of(store, tmp_path)["keypoints"]
+    assert again.load() == held
+    query = KEYPOINTS.query_vectors(cropped(photo("camera"), (0.1, 0.2, 0.8, 0.9)))[:1]
+    assert [n.image_id for n in again.search(query, 1)] == ["b/camera"]
+    assert again.rebuild(store.vectors(KEYPOINTS.index_name)) == held
+    assert [n.image_id for n in again.search(query, 1)] == ["b/camera"]
+
+
+def test_a_grown_vote_index_asks_to_be_rebuilt_and_a_bulk_fill_trains_it() -> None:
+    vectors = [upsert(KEYPOINTS, name).vector for name in GALLERY]
+    engine = EngineFactory().make(Metric.VERIFIED, KEYPOINTS.dim)
+    assert isinstance(engine, KeypointEngine)
+    copies = 120  # enough descriptors (~300 each) for groups to pay
+    for n in range(copies):
+        engine.upsert(f"b/{n}", vectors[n % len(vectors)])
+    assert engine.needs_compaction
+    fresh = engine.empty()
+    fresh.upsert_many([f"b/{n}" for n in range(copies)],
+                      b"".join(vectors[n % len(vectors)] for n in range(copies)))  # fmt: skip
+    assert len(fresh) == copies and not fresh.needs_compaction
