@@ -56,9 +56,7 @@ def pack(keypoints: Keypoints) -> bytes:
     Image.fromarray(keypoints.grey, "L").save(grey, "JPEG", quality=GREY_QUALITY)
     return b"".join(
         (
-            HEADER.pack(
-                MAGIC, len(keypoints), h, w, len(keypoints.codes), grey.getbuffer().nbytes
-            ),
+            HEADER.pack(MAGIC, len(keypoints), h, w, len(keypoints.codes), grey.getbuffer().nbytes),
             keypoints.points.astype("<f2").tobytes(),
             np.ascontiguousarray(keypoints.descriptors).tobytes(),
             keypoints.codes,
