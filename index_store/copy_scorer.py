@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from index_store.alignment import Aligned
 
 WEIGHTS = Path(__file__).with_name("copy_scorer.json")
+LIKELY = 0.5  # the distance at which a copy is as likely as not (the threshold is stricter)
 
 # The numbers the model weighs, in order, each from what alignment found and the hash distance
 # (scaled to about 0..1). Their names are the weights file's.

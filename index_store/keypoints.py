@@ -6,11 +6,12 @@ two pictures' codes are is evidence too, and travelling together they need no ot
 copy) and what index_store/alignment.py verifies. `pack`/`unpack` give it one byte layout,
 versioned by its magic: a header (which says how long the whole is, so records packed back to
 back can be split: `split`), the points as float16 (x, y on the grey copy), the 32-byte ORB
-descriptors, the copy codes, then the grey copy as a JPEG.
+descriptors, the copy codes, then the grey copy as a JPEG (a query's: PNG).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ GREY_QUALITY = 90
 class Keypoints:
     points: NDArray[np.float32]  # (n, 2): x, y on `grey`
     descriptors: NDArray[np.uint8]  # (n, DESCRIPTOR_BYTES)
-    grey: NDArray[np.uint8]  # (h, w)
+    # The grey copy (h, w), or as unpacked its JPEG and shape: decoded when first asked for
+    # (`grey`), since most candidates of a search never get their pixels compared.
+    pixels: NDArray[np.uint8] | tuple[bytes, tuple[int, int]]
     codes: bytes = b""  # the copy feature's codes of the picture (a query's: query codes)
 
     def __post_init__(self) -> None:
@@ -39,21 +42,32 @@ class Keypoints:
             raise ValueError(
                 f"{self.points.shape} points do not match {self.descriptors.shape} descriptors"
             )
-        if self.grey.ndim != 2:
-            raise ValueError(f"the grey copy has shape {self.grey.shape}, not (h, w)")
+        if isinstance(self.pixels, np.ndarray) and self.pixels.ndim != 2:
+            raise ValueError(f"the grey copy has shape {self.pixels.shape}, not (h, w)")
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @functools.cached_property
+    def grey(self) -> NDArray[np.uint8]:
+        if isinstance(self.pixels, np.ndarray):
+            return self.pixels
+        return decoded_grey(*self.pixels)
 
 
 class BadKeypoints(ValueError):
     """Bytes that are not packed Keypoints of this layout."""
 
 
-def pack(keypoints: Keypoints) -> bytes:
+def pack(keypoints: Keypoints, lossless: bool = False) -> bytes:
+    """The layout's bytes; the grey copy as a JPEG, or (`lossless`: a query's, compared with
+    many candidates and never stored) a PNG."""
     h, w = keypoints.grey.shape
     grey = io.BytesIO()
-    Image.fromarray(keypoints.grey, "L").save(grey, "JPEG", quality=GREY_QUALITY)
+    if lossless:
+        Image.fromarray(keypoints.grey, "L").save(grey, "PNG", compress_level=1)
+    else:
+        Image.fromarray(keypoints.grey, "L").save(grey, "JPEG", quality=GREY_QUALITY)
     return b"".join(
         (
             HEADER.pack(MAGIC, len(keypoints), h, w, len(keypoints.codes), grey.getbuffer().nbytes),
@@ -117,32 +131,33 @@ def descriptors_of(data: bytes | memoryview) -> NDArray[np.uint8]:
 
 
 def check(data: bytes) -> str | None:
-    """Why `data` are not packed keypoints of this layout (the grey copy's header read, not
-    its pixels), or None."""
+    """Why `data` are not packed keypoints of this layout, or None. The grey copy is decoded
+    here (what an indexer accepts must decode when a search compares it)."""
     try:
         layout = _layout(data)
         if layout.grey.stop != len(data):
             return f"{len(data) - layout.grey.stop} bytes follow the keypoints"
-        with Image.open(io.BytesIO(data[layout.grey])) as img:
-            if (img.height, img.width) != layout.shape:
-                return f"the grey copy is {(img.height, img.width)}, the header says {layout.shape}"
+        decoded_grey(bytes(data[layout.grey]), layout.shape)
     except BadKeypoints as exc:
         return str(exc)
-    except OSError as exc:
-        return f"the grey copy does not decode: {exc}"
     return None
 
 
 def unpack(data: bytes) -> Keypoints:
+    """The keypoints (the grey copy is decoded when first used: `Keypoints.grey`)."""
     layout = _layout(data)
     n = layout.keypoints
     points = np.frombuffer(data[layout.points], "<f2").astype(np.float32).reshape(n, 2)
-    descriptors = descriptors_of(data)
+    grey = (bytes(data[layout.grey]), layout.shape)
+    return Keypoints(points, descriptors_of(data), grey, bytes(data[layout.codes]))
+
+
+def decoded_grey(jpeg: bytes, shape: tuple[int, int]) -> NDArray[np.uint8]:
     try:
-        with Image.open(io.BytesIO(data[layout.grey])) as img:
+        with Image.open(io.BytesIO(jpeg)) as img:
             grey = np.asarray(img.convert("L"))
     except OSError as exc:
         raise BadKeypoints(f"the grey copy does not decode: {exc}") from exc
-    if grey.shape != layout.shape:
-        raise BadKeypoints(f"the grey copy is {grey.shape}, the header says {layout.shape}")
-    return Keypoints(points, descriptors, grey, bytes(data[layout.codes]))
+    if grey.shape != shape:
+        raise BadKeypoints(f"the grey copy is {grey.shape}, the header says {shape}")
+    return grey

