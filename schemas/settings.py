@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     )
     # Split extraction by cost: fast features are never queued behind the model.
     extractor_pools: str = Field(
-        "phash,colour,copy,keypoints;clip",
+        "phash,colour,copy;keypoints;clip",
         description="embedded stack: one extractor group per ';' part",
     )
     extract_batch_max: int = 32

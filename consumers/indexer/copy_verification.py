@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+import cv2
 import numpy as np
 import structlog
 from numpy.typing import NDArray
@@ -85,6 +86,9 @@ class CopyVerifier:
         self._keypoints = keypoints
         self._copy = copy
         self._scorer = scorer
+        # Alignment runs in worker threads beside searches and ingest: OpenCV's own thread
+        # pool only contends with them (this is process-wide; nothing else here uses OpenCV).
+        cv2.setNumThreads(1)
 
     @property
     def max_distance(self) -> float:

@@ -187,7 +187,7 @@ class FaissHnswEngine(GraphEngine):
         for image_id in image_ids:
             self.remove(image_id)
         first = self._slots.size
-        with nullcontext() if bulk else _one_omp_thread():  # OpenMP for one vector costs more
+        with nullcontext() if bulk else one_omp_thread():  # OpenMP for one vector costs more
             self._index.add(values)
         for image_id in image_ids:
             self._slots.add(image_id)
@@ -209,7 +209,7 @@ class FaissHnswEngine(GraphEngine):
         if self._slots.dead:
             selector = self._live.selector()
             params.sel = selector
-        with _one_omp_thread():
+        with one_omp_thread():
             scores, found = self._index.search(queries, count, params=params)
         del selector
         dists: NDArray[np.float32]
@@ -245,7 +245,7 @@ class _LiveBits:
 
 
 @contextmanager
-def _one_omp_thread() -> Iterator[None]:
+def one_omp_thread() -> Iterator[None]:
     """Run faiss on the calling thread only (OpenMP's thread count is per calling thread)."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)

@@ -21,6 +21,7 @@ from typing import Self
 import faiss
 
 from index_store.engines.engine import Effort, Hit, Vectors, ranked, require_distinct
+from index_store.engines.faiss_graph import one_omp_thread
 from index_store.engines.slots import SlotEngine, SlotMap
 from index_store.keypoint_votes import NEIGHBOURS, Descriptors, KeypointVotes, Votes
 from index_store.keypoints import MAGIC, descriptors_of, split
@@ -118,8 +119,10 @@ class KeypointEngine(SlotEngine):
 
     # --- what copy verification asks -----------------------------------------------------------
     def votes(self, query: Descriptors, neighbours: int = NEIGHBOURS) -> Votes:
-        """The query's votes, by slot (`voted` names the images)."""
-        return self._votes.vote(query, neighbours)
+        """The query's votes, by slot (`voted` names the images). On the calling thread only:
+        searches run in worker threads beside others, where OpenMP's threads only contend."""
+        with one_omp_thread():
+            return self._votes.vote(query, neighbours)
 
     def voted(self, votes: Votes, most: int | None) -> list[tuple[str, float]]:
         """The `most` images with the most votes (all voted ones for None), with their
