@@ -109,12 +109,14 @@ class Settings(BaseSettings):
 
     # --- Extraction -------------------------------------------------------------------------
     features: str = Field(
-        "phash,colour,copy,keypoints,clip",
-        description="comma-separated features to extract and index",
+        "phash,colour,copy,clip",
+        description="comma-separated features to extract and index (add 'keypoints' for copy "
+        "verification: README, Features)",
     )
     # Split extraction by cost: fast features are never queued behind the model.
     extractor_pools: str = Field(
         "phash,colour,copy;keypoints;clip",
+        # (a pool with no enabled feature is left out: keypoints is extracted when enabled)
         description="embedded stack: one extractor group per ';' part",
     )
     extract_batch_max: int = 32

@@ -21,7 +21,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A small upload limit, so the oversize test needs no 50 MB file.
     # A small CLIP architecture (random weights, as everywhere in tests) keeps the suite quick.
-    env = {"LOOKALIKE_MAX_IMAGE_BYTES": "2000000", "LOOKALIKE_CLIP_MODEL": "ViT-S-32"}
+    env = {
+        "LOOKALIKE_MAX_IMAGE_BYTES": "2000000",
+        "LOOKALIKE_CLIP_MODEL": "ViT-S-32",
+        # Every feature, copy verification's keypoints too (opt-in in production: its cost).
+        "LOOKALIKE_FEATURES": "phash,colour,copy,keypoints,clip",
+    }
     stack = Stack(tmp_path_factory.mktemp("stack"), env=env)
     stack.start()
     try:
