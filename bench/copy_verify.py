@@ -93,7 +93,7 @@ def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[list[bytes]], 
     tuning = [int(n) for n in np.flatnonzero(copies.tuning)]
     for done, n in enumerate(tuning):
         answers = copies.by_content[n]
-        for e in verifier.examine(unpack(queries[n][0]), stop_when_sure=False):
+        for e in verifier.examine(unpack(queries[n][0]), sure_of=None):
             rows.append((n, e.evidence, int(e.image_id) in answers))
         if done % 100 == 0:
             print(f"  examined {done}/{len(tuning)}", flush=True)

@@ -77,6 +77,9 @@ def matched(query: Keypoints, candidate: Keypoints) -> Pairs:
 def similarity(query: Keypoints, candidate: Keypoints, pairs: Pairs) -> tuple[int, Matrix | None]:
     """The similarity transform most of `pairs` agree on, and how many do; (0, None) if none
     is plausible."""
+    # Pairs from the vote index name keypoints of the candidate as indexed then; a candidate
+    # replaced since may have fewer.
+    pairs = [(q, c) for q, c in pairs if q < len(query) and c < len(candidate)]
     if len(pairs) < 5:
         return 0, None
     source = query.points[[q for q, _ in pairs]]

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from index_store.alignment import Pairs
-from index_store.keypoints import DESCRIPTOR_BYTES
+from index_store.keypoints import DESCRIPTOR_BYTES, MAX_KEYPOINTS
 
 Descriptors = NDArray[np.uint8]  # (n, DESCRIPTOR_BYTES): one image's ORB descriptors
 
@@ -29,7 +29,7 @@ PROBES = 16
 TRAINING_PER_LIST = 64  # descriptors per centroid the k-means sees (faiss's default: 256)
 NEIGHBOURS = 16
 MAX_DISTANCE = 64  # bits of 256
-STRIDE = 1 << 10  # a descriptor's id: its image's number x STRIDE + its keypoint's number
+STRIDE = MAX_KEYPOINTS  # a descriptor's id: its image's number x STRIDE + its keypoint's
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,11 @@ class KeypointVotes:
             return lists_for(len(self)) <= len(self) // 39
         return len(self) >= 4 * self.trained_for
 
-    def add(self, image: int, descriptors: Descriptors) -> None:
-        """Index `image`'s descriptors (replacing any it had)."""
-        self.remove(image)
+    def add(self, image: int, descriptors: Descriptors, replacing: bool = True) -> None:
+        """Index `image`'s descriptors, replacing any it had (`replacing=False`: it has none,
+        which saves a pass over every descriptor held)."""
+        if replacing:
+            self.remove(image)
         rows, ids = rows_of([(image, descriptors)])
         if len(rows):
             self.index.add_with_ids(rows, ids)

@@ -25,6 +25,8 @@ MAGIC = b"LKP3"
 HEADER = struct.Struct("<4sHHHII")
 DESCRIPTOR_BYTES = 32
 GREY_QUALITY = 90
+MAX_KEYPOINTS = 1 << 10  # the vote index numbers an image's keypoints within this
+MAX_SIDE = 1024  # of the grey copy (keypoints describe it at <= 320 px)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ def _layout(data: bytes | memoryview, at: int = 0) -> _Layout:
     magic, n, h, w, code_bytes, grey_bytes = HEADER.unpack_from(data, at)
     if magic != MAGIC:
         raise BadKeypoints(f"magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if n > MAX_KEYPOINTS:
+        raise BadKeypoints(f"{n} keypoints, more than {MAX_KEYPOINTS}")
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise BadKeypoints(f"a {w}x{h} grey copy: its sides must be 1 to {MAX_SIDE}")
     points_end = at + HEADER.size + n * 2 * 2
     descriptors_end = points_end + n * DESCRIPTOR_BYTES
     codes_end = descriptors_end + code_bytes
@@ -152,12 +158,17 @@ def unpack(data: bytes) -> Keypoints:
     return Keypoints(points, descriptors_of(data), grey, bytes(data[layout.codes]))
 
 
-def decoded_grey(jpeg: bytes, shape: tuple[int, int]) -> NDArray[np.uint8]:
+def decoded_grey(encoded: bytes, shape: tuple[int, int]) -> NDArray[np.uint8]:
+    """The grey copy, a JPEG or PNG of `shape` (checked before its pixels are decoded)."""
     try:
-        with Image.open(io.BytesIO(jpeg)) as img:
+        with Image.open(io.BytesIO(encoded), formats=("JPEG", "PNG")) as img:
+            if (img.height, img.width) != shape:
+                raise BadKeypoints(
+                    f"the grey copy is {(img.height, img.width)}, the header says {shape}"
+                )
             grey = np.asarray(img.convert("L"))
-    except OSError as exc:
+    except BadKeypoints:
+        raise
+    except Exception as exc:  # whatever the decoder says of bytes it cannot read
         raise BadKeypoints(f"the grey copy does not decode: {exc}") from exc
-    if grey.shape != shape:
-        raise BadKeypoints(f"the grey copy is {grey.shape}, the header says {shape}")
     return grey

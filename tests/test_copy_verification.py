@@ -3,6 +3,7 @@ crop was cut from, and an alignment that tells a copy from a picture of the same
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from consumers.features import copy_keypoints
 from index_store.alignment import MIN_INLIERS, align, prepare
 from index_store.copy_scorer import EVIDENCE, CopyScorer, evidence
 from index_store.keypoint_votes import KeypointVotes
-from index_store.keypoints import HEADER, BadKeypoints, Keypoints, check, pack, split, unpack
+from index_store.keypoints import HEADER, MAGIC, BadKeypoints, Keypoints, check, pack, split, unpack
 from lookalike.samples import photo
 
 NAMES = ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "clock", "coins")
@@ -64,6 +65,15 @@ def test_what_an_indexer_accepts_is_checked_to_the_last_pixel() -> None:
     assert "does not decode" in (check(scrambled) or "")
     assert "follow the keypoints" in (check(packed + b"x") or "")
     assert len(split(packed + packed)) == 2
+    _, h, w, codes, grey = HEADER.unpack_from(packed)[1:]
+    too_many = HEADER.pack(MAGIC, 2000, h, w, codes, grey) + packed[HEADER.size :]
+    assert "more than" in (check(too_many) or "")
+    bomb = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(bomb, "PNG")
+    header = HEADER.pack(MAGIC, 0, 4000, 4000, 0, len(bomb.getvalue()))
+    assert "sides must be" in (check(header + bomb.getvalue()) or "")
+    lying = HEADER.pack(MAGIC, 0, 100, 100, 0, len(bomb.getvalue()))
+    assert "header says" in (check(lying + bomb.getvalue()) or "")
 
 
 def test_a_flat_picture_has_no_keypoints_and_still_packs() -> None:

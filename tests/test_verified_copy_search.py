@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.query import QueryEngine
+from index_store import feature_index
 from index_store.engines.factory import EngineFactory
 from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.feature_index import FeatureIndex
@@ -143,3 +145,35 @@ def test_a_grown_vote_index_asks_to_be_rebuilt_and_a_bulk_fill_trains_it() -> No
     fresh.upsert_many([f"b/{n}" for n in range(copies)],
                       b"".join(vectors[n % len(vectors)] for n in range(copies)))  # fmt: skip
     assert len(fresh) == copies and not fresh.needs_compaction
+
+
+def test_every_copy_of_a_query_is_listed_not_only_the_first_verified(tmp_path: Path) -> None:
+    engine, indexes = filled(tmp_path)
+    for spec in (COPY, KEYPOINTS):
+        twins = [upsert(spec, "chelsea") for _ in range(2)]
+        twins = [Upsert(f"b/chelsea-{n}", u.vector, u.record) for n, u in enumerate(twins)]
+        indexes[spec.name].apply(twins, {"t/0": 2})
+    crop = cropped(photo("chelsea"), (0.1, 0.1, 0.9, 0.9))
+    reply = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=3))
+    copies = {h.image_id for h in reply.hits if h.verdict is Verdict.COPY}
+    assert copies == {"b/chelsea", "b/chelsea-0", "b/chelsea-1"}
+
+
+def test_a_chunked_fill_trains_the_votes_for_everything_and_a_restored_engine_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feature_index, "FILL_CHUNK", 30)
+    store = FeatureStore(tmp_path / "store")
+    index = indexes_of(store, tmp_path)["keypoints"]
+    vectors = [upsert(KEYPOINTS, name).vector for name in GALLERY]
+    many = [Upsert(f"b/{n}", vectors[n % len(vectors)], ImageRecord(bucket="b", key=str(n)))
+            for n in range(120)]  # fmt: skip
+    store.apply(KEYPOINTS.index_name, many, {"t/0": 1})
+    assert index.load() == 120
+    assert not index.engine.needs_compaction  # trained for all 120, not the first 30
+    assert index.checkpoint()
+    again = indexes_of(store, tmp_path)["keypoints"]
+    again.load()
+    again.apply([upsert(KEYPOINTS, "coins")], {"t/0": 2})
+    query = KEYPOINTS.query_vectors(cropped(photo("coins"), (0.1, 0.1, 0.9, 0.9)))[:1]
+    assert [n.image_id for n in again.search(query, 1)] == ["b/coins"]

@@ -35,7 +35,7 @@ from index_store import alignment, copy_scorer
 from index_store.copy_scorer import CopyScorer
 from index_store.engines.engine import Engine, Hit, ranked
 from index_store.engines.keypoint_engine import KeypointEngine
-from index_store.feature_index import FeatureIndex
+from index_store.feature_index import FeatureIndex, Neighbour
 from index_store.keypoints import BadKeypoints, Keypoints, unpack
 from index_store.metric import Metric
 
@@ -79,21 +79,22 @@ class Examined:
 
 class CopyVerifier:
     def __init__(
-        self, keypoints: FeatureIndex, copy: FeatureIndex | None, scorer: CopyScorer
+        self,
+        keypoints: FeatureIndex,
+        copy: FeatureIndex | None,
+        scorer: CopyScorer,
+        max_distance: float | None = None,
     ) -> None:
         """`copy`: the copy feature's index, when this indexer has it (its nearest are
-        candidates too)."""
+        candidates too); `max_distance`: a copy's (the feature's alert threshold, when
+        configured; else the scorer's)."""
         self._keypoints = keypoints
         self._copy = copy
         self._scorer = scorer
+        self.max_distance = scorer.max_distance if max_distance is None else max_distance
         # Alignment runs in worker threads beside searches and ingest: OpenCV's own thread
         # pool only contends with them (this is process-wide; nothing else here uses OpenCV).
         cv2.setNumThreads(1)
-
-    @property
-    def max_distance(self) -> float:
-        """The largest distance a verified copy has."""
-        return self._scorer.max_distance
 
     def search(
         self,
@@ -112,7 +113,7 @@ class CopyVerifier:
                 query = unpack(packed)
             except BadKeypoints as exc:
                 raise ValueError(f"query keypoints: {exc}") from exc
-            voted = self._keypoints.consult(partial(votes_of, query=query))
+            voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
             top = max((v.weight for v in voted.values()), default=0.0)
             if n and (
                 any(d <= self.max_distance for d in best.values())
@@ -120,26 +121,32 @@ class CopyVerifier:
             ):
                 break  # verified already, or the mirror is no likelier: it is not tried
             most_votes = max(most_votes, top)
-            for image_id, distance in self._verified(query, voted, excluded):
-                best[image_id] = min(distance, best.get(image_id, 1.0))
+            for e in self.examine(query, voted, excluded, sure_of=k):
+                best[e.image_id] = min(self.distance(e), best.get(e.image_id, 1.0))
         return ranked(best.items(), k, max_distance)
 
-    def _verified(self, query: Keypoints, voted: dict[str, Voted], excluded: set[str]) -> list[Hit]:
-        return [(e.image_id, self.distance(e)) for e in self.examine(query, voted, excluded)]
+    def neighbours(
+        self, queries: Sequence[bytes], k: int, max_distance: float | None, exclude: Iterable[str]
+    ) -> list[Neighbour]:
+        """`search`, each hit with its record."""
+        found = self.search(queries, k, max_distance, exclude)
+        records = self._keypoints.records_of([image_id for image_id, _ in found])
+        return [Neighbour(i, d, r) for (i, d), r in zip(found, records, strict=True)]
 
     def examine(
         self,
         query: Keypoints,
         voted: dict[str, Voted] | None = None,
         excluded: Iterable[str] = (),
-        stop_when_sure: bool = True,
+        sure_of: int | None = 1,
     ) -> list[Examined]:
         """What verification found of each candidate (`voted`: the query's votes, asked here
-        if not given). `stop_when_sure`: pixels are compared until one candidate is SURE
-        (fitting a scorer compares all)."""
-        if voted is None:
-            voted = self._keypoints.consult(partial(votes_of, query=query))
+        if not given). Pixels are compared, most inliers first, until `sure_of` candidates are
+        SURE (None: all are compared, as fitting a scorer needs); the rest keep their inliers
+        only, and rank after those."""
         excluded = set(excluded)
+        if voted is None:
+            voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
         codes = codes_of(query)
         hashed = self._hashed(codes, excluded)
         candidates = [i for i in dict.fromkeys([*voted, *hashed]) if i not in excluded]
@@ -148,14 +155,18 @@ class CopyVerifier:
         distances = hash_distances(codes, [codes_of(stored[i]) for i in candidates])
         no_votes = Voted(0.0, [])
 
-        def sure(n: int, found: alignment.Aligned) -> bool:
-            return stop_when_sure and self.distance(Examined("", found, distances[n])) <= SURE
+        sure: list[int] = []
+
+        def enough(n: int, found: alignment.Aligned) -> bool:
+            if self.distance(Examined("", found, distances[n])) <= SURE:
+                sure.append(n)
+            return sure_of is not None and len(sure) >= sure_of
 
         aligned = alignment.align_all(
             alignment.prepare(query),
             [(stored[i], voted.get(i, no_votes).pairs or None) for i in candidates],
             COMPARED,
-            enough=sure,
+            enough=enough,
         )
         return [Examined(i, a, d) for i, a, d in zip(candidates, aligned, distances, strict=True)]
 
@@ -184,15 +195,16 @@ class CopyVerifier:
         return out
 
 
-def votes_of(engine: Engine, query: Keypoints) -> dict[str, Voted]:
-    """The VOTED images with most votes for `query`, and the pairs that voted."""
+def votes_of(engine: Engine, query: Keypoints, excluded: set[str]) -> dict[str, Voted]:
+    """The VOTED images (not `excluded`) with most votes for `query`, and the pairs that
+    voted."""
     if not isinstance(engine, KeypointEngine):
         raise TypeError(f"the keypoints index is served by {type(engine).__name__}")
     votes = engine.votes(query.descriptors)
     out: dict[str, Voted] = {}
-    for image_id, weight in engine.voted(votes, VOTED):
+    for image_id, weight in engine.voted(votes, VOTED + len(excluded)):
         slot = engine.slot_of(image_id)
-        if slot is not None:
+        if slot is not None and image_id not in excluded and len(out) < VOTED:
             out[image_id] = Voted(weight, votes.pairs(slot))
     return out
 
@@ -223,4 +235,7 @@ def verifier_for(
     verified = [name for name, spec in specs.items() if spec.metric is Metric.VERIFIED]
     if not verified:
         return None
-    return CopyVerifier(indexes[verified[0]], indexes.get(COPY), CopyScorer.load())
+    spec = specs[verified[0]]
+    return CopyVerifier(
+        indexes[verified[0]], indexes.get(COPY), CopyScorer.load(), spec.alert_max_distance
+    )

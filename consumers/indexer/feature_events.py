@@ -218,9 +218,7 @@ class FeatureEventApplier:
         k, limit = self._settings.near_duplicate_k, spec.alert_max_distance
         if spec.metric is not Metric.VERIFIED or self._verifier is None:
             return index.search([u.vector], k, limit, exclude=[u.image_id])
-        found = self._verifier.search([u.vector], k, limit, exclude=[u.image_id])
-        records = index.records_of([image_id for image_id, _ in found])
-        return [Neighbour(i, d, r) for (i, d), r in zip(found, records, strict=True)]
+        return self._verifier.neighbours([u.vector], k, limit, exclude=[u.image_id])
 
 
 def unusable(event: FeatureEvent, spec: FeatureSpec) -> str | None:

@@ -173,12 +173,10 @@ class QueryEngine:
         assert self._verifier is not None  # built whenever a VERIFIED feature is configured
         queries, exclude = self._query_vectors(request, spec, index)
         try:
-            found = self._verifier.search(queries, request.k, request.max_distance, exclude)
+            found = self._verifier.neighbours(queries, request.k, request.max_distance, exclude)
         except ValueError as exc:
             raise QueryError(SearchErrorCode.BAD_REQUEST, str(exc)) from exc
-        records = index.records_of([image_id for image_id, _ in found])
-        neighbours = [Neighbour(i, d, r) for (i, d), r in zip(found, records, strict=True)]
-        return queries, neighbours
+        return queries, found
 
     def _index_for(self, feature: str) -> FeatureIndex:
         index = self._indexes.get(feature)

@@ -34,6 +34,10 @@ class KeypointEngine(SlotEngine):
     def __init__(self) -> None:
         self._slots = SlotMap(reuse=True)
         self._votes = KeypointVotes()
+        # While the engine has only been bulk-filled (a load, a rebuild: in chunks), the
+        # descriptors so far, so that each chunk retrains the vote index for all of them;
+        # dropped at the first single change.
+        self._filled: list[Descriptors] | None = []
 
     # --- Engine --------------------------------------------------------------------------------
     @property
@@ -60,29 +64,32 @@ class KeypointEngine(SlotEngine):
         return type(self)()
 
     def upsert(self, image_id: str, vector: bytes) -> None:
+        self._filled = None
         slot = self._slots.slot_of(image_id)
+        replacing = slot is not None  # a new slot (fresh or freed) holds no descriptors
         if slot is None:
             slot = self._slots.add(image_id)
-        self._votes.add(slot, descriptors_of(vector))
+        self._votes.add(slot, descriptors_of(vector), replacing=replacing)
 
     def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
-        """Into an empty engine, one vote index trained for all of them (a load, a rebuild);
-        otherwise one by one."""
+        """While the engine has only been bulk-filled (a load, a rebuild), one vote index
+        trained for everything so far; otherwise one by one."""
         require_distinct(image_ids)
         records = split(vectors)
         if len(records) != len(image_ids):
             raise ValueError(f"{len(records)} packed keypoints for {len(image_ids)} ids")
-        if self._slots.size:
+        if self._filled is None or any(i in self._slots for i in image_ids):
             for image_id, record in zip(image_ids, records, strict=True):
                 self.upsert(image_id, bytes(record))
             return
-        descriptors: list[Descriptors] = []
         for image_id, record in zip(image_ids, records, strict=True):
-            self._slots.add(image_id)
-            descriptors.append(descriptors_of(record))
-        self._votes = KeypointVotes(descriptors)
+            if self._slots.add(image_id) != len(self._filled):
+                raise AssertionError("a bulk-filled engine numbers its slots in order")
+            self._filled.append(descriptors_of(record))
+        self._votes = KeypointVotes(self._filled)
 
     def _vacate(self, slot: int) -> None:
+        self._filled = None
         self._votes.remove(slot)
 
     def vector_of(self, image_id: str) -> bytes | None:
@@ -115,6 +122,7 @@ class KeypointEngine(SlotEngine):
         index = faiss.read_index_binary(str(directory / VOTES_FILE))
         trained_for = int(json.loads((directory / TRAINED_FILE).read_text()))
         engine._votes = KeypointVotes.of(index, trained_for)
+        engine._filled = None  # not bulk-filled: what comes later is added one by one
         return engine
 
     # --- what copy verification asks -----------------------------------------------------------
