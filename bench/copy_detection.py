@@ -89,8 +89,8 @@ async def ask_all(
             for feature in FEATURES:
                 # The hash features' ties need every right answer in view; a verified search
                 # is judged by its first hit, and asked as a user would (SearchRequest's k).
-                asked = SearchRequest.model_fields["k"].default if feature is KEYPOINTS else k
-                request = SearchRequest(feature=feature.name, image=query.data, k=asked)
+                depth = SearchRequest.model_fields["k"].default if feature is KEYPOINTS else k
+                request = SearchRequest(feature=feature.name, image=query.data, k=depth)
                 started = time.perf_counter()
                 reply = await client.search(request)
                 took[feature.name].append(1000 * (time.perf_counter() - started))
