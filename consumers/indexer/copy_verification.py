@@ -155,12 +155,12 @@ class CopyVerifier:
         distances = hash_distances(codes, [codes_of(stored[i]) for i in candidates])
         no_votes = Voted(0.0, [])
 
-        sure: list[int] = []
+        sure = 0  # candidates compared so far that are copies beyond doubt
 
         def enough(n: int, found: alignment.Aligned) -> bool:
-            if self.distance(Examined("", found, distances[n])) <= SURE:
-                sure.append(n)
-            return sure_of is not None and len(sure) >= sure_of
+            nonlocal sure
+            sure += self.distance(Examined(candidates[n], found, distances[n])) <= SURE
+            return sure_of is not None and sure >= sure_of
 
         aligned = alignment.align_all(
             alignment.prepare(query),
