@@ -34,10 +34,12 @@ Matrix = NDArray[np.float64]  # 2 x 3: query coordinates -> candidate coordinate
 MIN_PAIRS = 12  # fewer pairs from the index: match descriptors here instead
 RATIO = 0.85  # a match is kept when nearer than RATIO x the second nearest
 MIN_INLIERS = 8  # a transform fewer pairs agree on is no alignment
-# Pixels can be compared only for candidates with at least this share of the best candidate's
-# inliers (bench/copy_verify.py --min-share): 0.3 saved 40 % of the verification time at 2,000
-# images for no more misses on the tuning half, but missed more (27 vs 20) at 10,000: off.
-MIN_SHARE = 0.0
+# Pixels are compared only for candidates whose frame, aligned, covers at least this share of
+# what the best-covering candidate covers: a copy shows nothing its original lacks, so an
+# original covers the copy's frame as far as any candidate does, and a sibling that shares only
+# part of it is no answer. On bench/copy_verify.py's tuning half (2,000 originals) 0.8 compared
+# a third of the candidates and lost no query's right answer; 0.9 lost one.
+COVER_SHARE = 0.8
 REPROJECTION = 5.0  # pixels on the grey copy
 RANSAC_SEED = 2026
 SCALES = (0.25, 4.0)  # a plausible transform scales by more than the first, less than the last
@@ -79,7 +81,8 @@ def similarity(query: Keypoints, candidate: Keypoints, pairs: Pairs) -> tuple[in
     is plausible."""
     # Pairs from the vote index name keypoints of the candidate as indexed then; a candidate
     # replaced since may have fewer.
-    pairs = [(q, c) for q, c in pairs if q < len(query) and c < len(candidate)]
+    in_query, in_candidate = len(query), len(candidate)
+    pairs = [(q, c) for q, c in pairs if q < in_query and c < in_candidate]
     if len(pairs) < 5:
         return 0, None
     source = query.points[[q for q, _ in pairs]]
@@ -128,29 +131,49 @@ def align_all(
     query: Query,
     candidates: Sequence[tuple[Keypoints, Pairs | None]],
     compare: int,
-    min_share: float = MIN_SHARE,
     enough: Callable[[int, Aligned], bool] | None = None,
 ) -> list[Aligned]:
     """Each candidate aligned (as `align`), its pixels compared only for the `compare` that
-    most pairs agree with, and only where at least `min_share` of the best candidate's number
-    agree: a transform is cheap, a comparison is not, and a candidate far behind the best by
-    inliers is rarely the one. Comparisons go by inliers, most first, and stop after one the
-    caller finds `enough` (given its number and what was found: e.g. surely a copy)."""
+    most pairs agree with among those whose aligned frame covers at least COVER_SHARE of what
+    the best-covering one covers: a transform is cheap, a comparison is not. Comparisons go by
+    inliers, most first, and stop after one the caller finds `enough` (given its number and
+    what was found: e.g. surely a copy)."""
     found: list[tuple[int, Matrix | None]] = []
     for keypoints, pairs in candidates:
         if pairs is None or len(pairs) < MIN_PAIRS:
             pairs = matched(query.keypoints, keypoints)
         found.append(similarity(query.keypoints, keypoints, pairs))
     out = [Aligned(inliers) for inliers, _ in found]
-    best = max((inliers for inliers, _ in found), default=0)
-    most = sorted(range(len(found)), key=lambda i: -found[i][0])[:compare]
-    for i in most:
+    covers = [
+        frame_cover(query.grey.shape, keypoints.shape, matrix)
+        if matrix is not None and inliers >= MIN_INLIERS
+        else 0.0
+        for (keypoints, _), (inliers, matrix) in zip(candidates, found, strict=True)
+    ]
+    best = max(covers, default=0.0)
+    worth = [i for i, cover in enumerate(covers) if cover > 0 and cover >= COVER_SHARE * best]
+    for i in sorted(worth, key=lambda i: -found[i][0])[:compare]:
         inliers, matrix = found[i]
-        if matrix is not None and inliers >= max(MIN_INLIERS, min_share * best):
-            out[i] = compared(query, candidates[i][0].grey, matrix, inliers)
-            if enough is not None and enough(i, out[i]):
-                break
+        assert matrix is not None  # covers nothing without one
+        out[i] = compared(query, candidates[i][0].grey, matrix, inliers)
+        if enough is not None and enough(i, out[i]):
+            break
     return out
+
+
+def frame_cover(
+    query_shape: tuple[int, ...], candidate_shape: tuple[int, int], matrix: Matrix
+) -> float:
+    """The share of the query's frame that the candidate's frame covers once aligned (from
+    the transform alone: no pixels)."""
+    qh, qw = query_shape
+    ch, cw = candidate_shape
+    inverse = cv2.invertAffineTransform(matrix)  # candidate coordinates -> the query's
+    corners = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float64)
+    mapped = (corners @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
+    frame = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float32)
+    area, _ = cv2.intersectConvexConvex(frame, mapped)
+    return float(area) / (qw * qh)
 
 
 def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers: int) -> Aligned:

@@ -50,6 +50,14 @@ class Keypoints:
     def __len__(self) -> int:
         return len(self.points)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The grey copy's (h, w), without decoding it."""
+        if isinstance(self.pixels, np.ndarray):
+            h, w = self.pixels.shape
+            return h, w
+        return self.pixels[1]
+
     @functools.cached_property
     def grey(self) -> NDArray[np.uint8]:
         if isinstance(self.pixels, np.ndarray):

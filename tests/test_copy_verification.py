@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageOps
 
 from consumers.features import copy_keypoints
-from index_store.alignment import MIN_INLIERS, align, prepare
+from index_store.alignment import MIN_INLIERS, align, align_all, frame_cover, prepare
 from index_store.copy_scorer import EVIDENCE, CopyScorer, evidence
 from index_store.keypoint_votes import KeypointVotes
 from index_store.keypoints import HEADER, MAGIC, BadKeypoints, Keypoints, check, pack, split, unpack
@@ -116,6 +116,29 @@ def test_a_crop_of_a_neighbouring_window_is_not_covered_by_it() -> None:
     own, neighbour = align(prepare(query), stored(right)), align(prepare(query), stored(left))
     assert own.aligned and own.content > 0.97
     assert neighbour.content < 0.8
+
+
+def test_how_much_of_a_query_an_aligned_frame_covers_follows_from_the_transform() -> None:
+    same = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert frame_cover((100, 200), (100, 200), same) == pytest.approx(1.0)
+    assert frame_cover((100, 200), (100, 100), same) == pytest.approx(0.5)  # half its width
+    shifted = np.array([[1.0, 0.0, 150.0], [0.0, 1.0, 0.0]])  # query x -> candidate x + 150
+    assert frame_cover((100, 200), (100, 200), shifted) == pytest.approx(0.25)
+    halved = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])  # the candidate at half the scale
+    assert frame_cover((100, 200), (50, 100), halved) == pytest.approx(1.0)
+
+
+def test_pixels_are_compared_only_for_candidates_that_cover_the_query_as_far_as_the_best() -> None:
+    """A neighbouring window shares keypoints with a crop but covers only part of it: no
+    comparison is spent on it while the crop's own window covers it all."""
+    scene = photo("astronaut")
+    left, right = cropped(scene, (0.0, 0.0, 0.6, 1.0)), cropped(scene, (0.4, 0.0, 1.0, 1.0))
+    query = prepare(copy_keypoints.query(cropped(right, (0.0, 0.2, 0.7, 0.8))))
+    own, neighbour = align_all(query, [(stored(right), None), (stored(left), None)], compare=2)
+    assert own.aligned and own.cover > 0.97 and own.whole > 0.9
+    assert neighbour.aligned and neighbour.cover == 0.0  # aligned, never compared
+    alone = align_all(query, [(stored(left), None)], compare=2)[0]
+    assert alone.cover > 0.0  # compared when nothing covers more
 
 
 def test_votes_put_the_original_of_a_crop_first() -> None:

@@ -5,15 +5,16 @@ The `keypoints` feature's search. For a query's packed keypoints (which carry it
    and the copy feature's HASHED nearest (when this indexer has the copy feature);
 2. each aligned (index_store/alignment.py: a similarity transform from the keypoint pairs that
    voted, its inliers, then the candidate's grey copy warped into the query's frame and
-   compared; pixels for the COMPARED with most inliers), its packed keypoints read from the
-   store of record;
+   compared; pixels for the COMPARED with most inliers among those whose aligned frame covers
+   the query about as far as the best-covering one), its packed keypoints read from the store
+   of record;
 3. each scored (index_store/copy_scorer.py: alignment, and the distance of the copy codes both
    carry), and its
    distance is 1 - the scorer's probability of a copy: at most the scorer's threshold's
    distance (the feature's alert threshold) says "copy".
-A mirrored copy has other keypoints: when the query comes with its mirror's, nothing verified
-as a copy and the mirror's votes are much stronger, the mirror is verified too (nearest of both
-kept).
+A mirrored copy has other keypoints: when the query comes with its mirror's and nothing
+verified as a copy, the mirror's votes are asked; when they are much stronger, the mirror is
+verified too (nearest of both kept).
 
 Blocking (alignment is CPU work): callers run it in a worker thread.
 """
@@ -109,17 +110,16 @@ class CopyVerifier:
         best: dict[str, float] = {}
         most_votes = 0.0
         for n, packed in enumerate(queries):
+            if n and any(d <= self.max_distance for d in best.values()):
+                break  # verified already: the mirror is not tried
             try:
                 query = unpack(packed)
             except BadKeypoints as exc:
                 raise ValueError(f"query keypoints: {exc}") from exc
             voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
             top = max((v.weight for v in voted.values()), default=0.0)
-            if n and (
-                any(d <= self.max_distance for d in best.values())
-                or top < MIRROR_VOTES * most_votes
-            ):
-                break  # verified already, or the mirror is no likelier: it is not tried
+            if n and top < MIRROR_VOTES * most_votes:
+                break  # the mirror is no likelier: it is not tried
             most_votes = max(most_votes, top)
             for e in self.examine(query, voted, excluded, sure_of=k):
                 best[e.image_id] = min(self.distance(e), best.get(e.image_id, 1.0))
