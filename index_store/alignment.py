@@ -10,7 +10,8 @@
 3. The candidate's grey copy warped into the query's frame and compared: how much of the
    query, and of its content (padding and flat bars are not content), it covers; the
    correlation of the whole overlap; correlations of 16 px blocks (a caption or a logo spoils
-   a few blocks, not the median); mean differences; the correlation of fine detail.
+   a few blocks, not the median); mean differences; the correlation of fine detail; how far
+   inside the candidate's frame the query's lies (its margin).
 
 `prepare` makes a query ready once (what the comparison needs of its own pixels); `align`
 returns the numbers for one candidate (`Aligned`); what they add up to (copy or not, which
@@ -46,6 +47,7 @@ SCALES = (0.25, 4.0)  # a plausible transform scales by more than the first, les
 BLOCK = 16
 FLAT = 5.0  # grey-level std under which a block is flat
 CONTENT = 4.0  # grey-level std of a 7 x 7 neighbourhood under which a pixel is not content
+MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 
 
@@ -61,6 +63,11 @@ class Aligned:
     detail: float = 0.0  # correlation of fine detail (each less its 3 x 3 blur)
     content: float = 0.0  # share of the query's content the candidate covers
     agree: float = 0.0  # share of the query's textured blocks that correlate >= 0.5
+    # How far inside the candidate's aligned frame the query's frame lies: the least signed
+    # distance (pixels of the query's grey copy) of a query corner to the candidate's edges,
+    # negative when a corner lies outside. An original contains all its copy shows; a sibling
+    # that merely overlaps it cuts through its frame, often by a few pixels only.
+    margin: float = -MARGIN_LIMIT
 
     @property
     def aligned(self) -> bool:
@@ -167,13 +174,30 @@ def frame_cover(
     """The share of the query's frame that the candidate's frame covers once aligned (from
     the transform alone: no pixels)."""
     qh, qw = query_shape
-    ch, cw = candidate_shape
-    inverse = cv2.invertAffineTransform(matrix)  # candidate coordinates -> the query's
-    corners = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float64)
-    mapped = (corners @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
     frame = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float32)
-    area, _ = cv2.intersectConvexConvex(frame, mapped)
+    area, _ = cv2.intersectConvexConvex(frame, _candidate_frame(candidate_shape, matrix))
     return float(area) / (qw * qh)
+
+
+def frame_margin(
+    query_shape: tuple[int, ...], candidate_shape: tuple[int, int], matrix: Matrix
+) -> float:
+    """`Aligned.margin`: the least signed distance of the query's corners to the candidate's
+    aligned frame (inside: positive), at least -MARGIN_LIMIT."""
+    qh, qw = query_shape
+    frame = _candidate_frame(candidate_shape, matrix).reshape(-1, 1, 2)
+    corners = ((0.0, 0.0), (float(qw), 0.0), (float(qw), float(qh)), (0.0, float(qh)))
+    least = min(cv2.pointPolygonTest(frame, corner, True) for corner in corners)
+    return max(float(least), -MARGIN_LIMIT)
+
+
+def _candidate_frame(candidate_shape: tuple[int, int], matrix: Matrix) -> NDArray[np.float32]:
+    """The candidate's frame's corners in the query's coordinates (`matrix` maps the query's
+    to the candidate's)."""
+    ch, cw = candidate_shape
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float64)
+    return (corners @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
 
 
 def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers: int) -> Aligned:
@@ -200,6 +224,7 @@ def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers
         detail=correlation(query.detail[mask], detail[mask]),
         content=float((query.content & mask).sum() / max(int(query.content.sum()), 1)),
         agree=agree,
+        margin=frame_margin(query.grey.shape, candidate.shape, matrix),
     )
 
 

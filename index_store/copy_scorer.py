@@ -44,6 +44,7 @@ _NUMBERS: dict[str, Callable[[Aligned, float], float]] = {
     "content": lambda a, hashed: a.content,
     "agree": lambda a, hashed: a.agree,
     "content x block median": lambda a, hashed: a.content * a.block_median,
+    "margin / 10, at most 0.3": lambda a, hashed: min(a.margin, 3.0) / 10,
 }
 EVIDENCE = tuple(_NUMBERS)
 Floats = NDArray[np.float64]

@@ -71,11 +71,12 @@ class BadKeypoints(ValueError):
 
 def pack(keypoints: Keypoints, lossless: bool = False) -> bytes:
     """The layout's bytes; the grey copy as a JPEG, or (`lossless`: a query's, compared with
-    many candidates and never stored) a PNG."""
+    many candidates and never stored) an uncompressed PNG (compressing took twice as long:
+    a query is described while its asker waits, and its bytes do not travel)."""
     h, w = keypoints.grey.shape
     grey = io.BytesIO()
     if lossless:
-        Image.fromarray(keypoints.grey, "L").save(grey, "PNG", compress_level=1)
+        Image.fromarray(keypoints.grey, "L").save(grey, "PNG", compress_level=0)
     else:
         Image.fromarray(keypoints.grey, "L").save(grey, "JPEG", quality=GREY_QUALITY)
     return b"".join(

@@ -13,7 +13,15 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageOps
 
 from consumers.features import copy_keypoints
-from index_store.alignment import MIN_INLIERS, align, align_all, frame_cover, prepare
+from index_store.alignment import (
+    MARGIN_LIMIT,
+    MIN_INLIERS,
+    align,
+    align_all,
+    frame_cover,
+    frame_margin,
+    prepare,
+)
 from index_store.copy_scorer import EVIDENCE, CopyScorer, evidence
 from index_store.keypoint_votes import KeypointVotes
 from index_store.keypoints import HEADER, MAGIC, BadKeypoints, Keypoints, check, pack, split, unpack
@@ -126,6 +134,23 @@ def test_how_much_of_a_query_an_aligned_frame_covers_follows_from_the_transform(
     assert frame_cover((100, 200), (100, 200), shifted) == pytest.approx(0.25)
     halved = np.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])  # the candidate at half the scale
     assert frame_cover((100, 200), (50, 100), halved) == pytest.approx(1.0)
+
+
+def test_a_frame_containing_the_query_has_a_margin_and_one_cutting_through_it_has_none() -> None:
+    inside = np.array([[1.0, 0.0, 20.0], [0.0, 1.0, 10.0]])  # the query 20 px in, 10 px down
+    assert frame_margin((100, 200), (130, 260), inside) == pytest.approx(10.0)
+    cut = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert frame_margin((100, 200), (100, 196), cut) == pytest.approx(-4.0)  # 4 px short
+    far = np.array([[1.0, 0.0, 150.0], [0.0, 1.0, 0.0]])
+    assert frame_margin((100, 200), (100, 200), far) == -MARGIN_LIMIT
+
+
+def test_a_crop_lies_inside_its_own_window_and_pokes_out_of_its_neighbour() -> None:
+    scene = photo("astronaut")
+    left, right = cropped(scene, (0.0, 0.0, 0.6, 1.0)), cropped(scene, (0.4, 0.0, 1.0, 1.0))
+    query = prepare(copy_keypoints.query(cropped(right, (0.1, 0.2, 0.7, 0.8))))
+    assert align(query, stored(right)).margin > 0
+    assert align(query, stored(left)).margin < 0
 
 
 def test_pixels_are_compared_only_for_candidates_that_cover_the_query_as_far_as_the_best() -> None:

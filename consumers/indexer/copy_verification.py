@@ -9,9 +9,8 @@ The `keypoints` feature's search. For a query's packed keypoints (which carry it
    the query about as far as the best-covering one), its packed keypoints read from the store
    of record;
 3. each scored (index_store/copy_scorer.py: alignment, and the distance of the copy codes both
-   carry), and its
-   distance is 1 - the scorer's probability of a copy: at most the scorer's threshold's
-   distance (the feature's alert threshold) says "copy".
+   carry), and its distance is 1 - the scorer's probability of a copy: at most the scorer's
+   threshold's distance (the feature's alert threshold) says "copy".
 A mirrored copy has other keypoints: when the query comes with its mirror's and nothing
 verified as a copy, the mirror's votes are asked; when they are much stronger, the mirror is
 verified too (nearest of both kept).
