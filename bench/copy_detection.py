@@ -27,6 +27,7 @@ import asyncio
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,24 @@ async def upload_and_index(stack: Stack, copies: CopySet) -> float:
 
     while not await listener.wait_until(lambda: indexed() == len(ids), timeout=30):
         print(f"  indexed by every feature: {indexed()}/{len(ids)}", flush=True)
+    took = time.perf_counter() - started
+    # Each image's joined alert (a fused query, verified) follows, and one the slowest feature
+    # has not reached within the deadline goes out partial, then again once it has: queries
+    # asked while those still run would be timed against them. Wait until alerts stop.
+    quiet = stack.settings.image_alert_deadline_s + 5
+    while not await listener.wait_until(lambda: len(ids & listener.alerted.keys()) == len(ids),
+                                        timeout=30):  # fmt: skip
+        print(f"  image alerts: {len(ids & listener.alerted.keys())}/{len(ids)}", flush=True)
+    while await listener.wait_until(partial(more_alerts, listener, listener.alerts), quiet):
+        pass  # another alert within `quiet` seconds
+    print(f"  image alerts: {listener.alerts} ({listener.partial} partial); none for {quiet:.0f}s "
+          f"after {time.perf_counter() - started:.0f}s", flush=True)  # fmt: skip
     await listener.stop()
-    return time.perf_counter() - started
+    return took
+
+
+def more_alerts(listener: IndexedListener, than: int) -> bool:
+    return listener.alerts > than
 
 
 def number_of(image_id: str) -> str:

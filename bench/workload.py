@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 
 from schemas.kafka import make_consumer
 from schemas.settings import Settings
-from schemas.similarity import SimilarityResult
+from schemas.similarity import ImageAlert, SimilarityResult
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -19,12 +19,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class IndexedListener:
-    """Records when each image id's SimilarityResult (published once it is searchable) arrives."""
+    """Records when each image id's SimilarityResult (published once it is searchable) arrives,
+    and its ImageAlert (published once every feature has it, after its fused query)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self.seen: dict[str, float] = {}  # image id -> first result (any feature)
         self.seen_by_feature: dict[str, dict[str, float]] = {}
+        self.alerted: dict[str, float] = {}  # image id -> first image alert
+        self.alerts = 0  # image alerts seen
+        self.partial = 0  # of which partial
         self._consumer = make_consumer(settings, group_id=None)
         self._task: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
@@ -32,8 +36,12 @@ class IndexedListener:
     async def start(self) -> None:
         await self._consumer.start()
         await self._consumer.topics()
-        topic = self._settings.similarity_results_topic
-        tps = [TopicPartition(topic, p) for p in self._consumer.partitions_for_topic(topic) or ()]
+        topics = (self._settings.similarity_results_topic, self._settings.image_alerts_topic)
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in self._consumer.partitions_for_topic(topic) or ()
+        ]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)
         for tp in tps:
@@ -45,6 +53,12 @@ class IndexedListener:
             for records in (await self._consumer.getmany(timeout_ms=100)).values():
                 now = time.perf_counter()
                 for record in records:
+                    if record.topic == self._settings.image_alerts_topic:
+                        alert = ImageAlert.from_bytes(record.value)
+                        self.alerted.setdefault(alert.image_id, now)
+                        self.alerts += 1
+                        self.partial += alert.partial
+                        continue
                     result = SimilarityResult.from_bytes(record.value)
                     self.seen.setdefault(result.image_id, now)
                     by_id = self.seen_by_feature.setdefault(result.feature, {})
