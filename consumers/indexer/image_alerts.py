@@ -5,8 +5,9 @@ different extractor groups). The indexer remembers, per image version (id, eTag)
 features have indexed it; when all have, it asks its own query engine for the image's copies and
 look-alikes across every feature (a fused query by id, consumers/indexer/fusion.py) and
 publishes one `ImageAlert` with the matches and their verdicts. A version still missing
-features after `image_alert_deadline_s` is published as `partial`. An overwrite starts a new
-version (the old one is forgotten); a removal forgets it.
+features after `image_alert_deadline_s` is published as `partial`, and again, complete, once
+its late features are in (within FORGET_AFTER deadlines; a feature may never come: the
+extractor rejected the image). An overwrite starts a new version (the old one is forgotten).
 
 Within a shard, one replica publishes (`LOOKALIKE_PUBLISH_ALERTS`); a restart may repeat an
 alert (at-least-once): key and (id, eTag) let consumers drop repeats.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -29,6 +31,17 @@ from schemas.similarity import ImageAlert
 log = structlog.get_logger(__name__)
 
 MATCHES = (Verdict.EXACT, Verdict.COPY, Verdict.SIMILAR)
+FORGET_AFTER = 10  # deadlines after which a partially alerted version stops waiting
+
+
+@dataclass
+class Version:
+    """An image version on its way to its alert."""
+
+    etag: str | None
+    features: set[str]  # those that have indexed it
+    since: float  # when the first did (monotonic)
+    partial_sent: bool = False  # its partial alert is out: only the complete one may follow
 
 
 class ImageAlertJoiner:
@@ -43,8 +56,7 @@ class ImageAlertJoiner:
         self._features = set(features)
         self._engine = engine
         self._producer = producer
-        # image id -> its newest version's (eTag, features that indexed it, when the first did)
-        self._pending: dict[str, tuple[str | None, set[str], float]] = {}
+        self._pending: dict[str, Version] = {}  # image id -> its newest version
         self.published = 0
 
     async def indexed(self, feature: str, upserts: list[Upsert]) -> None:
@@ -52,20 +64,34 @@ class ImageAlertJoiner:
         now = time.monotonic()
         complete: dict[str, None] = {}  # image ids, in order
         for u in upserts:
-            etag, features, since = self._pending.get(u.image_id, (u.record.etag, set(), now))
-            if etag != u.record.etag:  # overwritten: only the newest version is alerted
-                etag, features, since = u.record.etag, set(), now
-            features.add(feature)
-            self._pending[u.image_id] = (etag, features, since)
-            if features >= self._features:
+            version = self._pending.get(u.image_id)
+            if version is None or version.etag != u.record.etag:
+                # new, or overwritten: only the newest version is alerted
+                version = self._pending[u.image_id] = Version(u.record.etag, set(), now)
+            version.features.add(feature)
+            if version.features >= self._features:
                 complete[u.image_id] = None
         await self._publish(list(complete), partial=False)
 
     async def flush_overdue(self) -> None:
-        """Publish, as partial, the versions some feature has not indexed by the deadline."""
-        limit = time.monotonic() - self._settings.image_alert_deadline_s
+        """Publish, as partial, the versions some feature has not indexed by the deadline;
+        forget partially alerted ones that waited FORGET_AFTER deadlines for the rest."""
+        now, deadline = time.monotonic(), self._settings.image_alert_deadline_s
+        for image_id in [
+            i
+            for i, v in self._pending.items()
+            if v.partial_sent and v.since < now - FORGET_AFTER * deadline
+        ]:
+            version = self._pending.pop(image_id)
+            missing = sorted(self._features - version.features)
+            log.info("image_alert.late_features_given_up", image_id=image_id, missing=missing)
         await self._publish(
-            [i for i, (_, _, since) in self._pending.items() if since < limit], partial=True
+            [
+                i
+                for i, v in self._pending.items()
+                if not v.partial_sent and v.since < now - deadline
+            ],
+            partial=True,
         )
 
     async def run_deadlines(self, stop: asyncio.Event) -> None:
@@ -82,20 +108,27 @@ class ImageAlertJoiner:
         """One thread call answers every image's query; the alerts go out together."""
         if not image_ids:
             return
-        joined = [(image_id, self._pending.pop(image_id)) for image_id in image_ids]
+        if partial:  # kept: its late features may still complete it
+            joined = [(image_id, self._pending[image_id]) for image_id in image_ids]
+            for _, version in joined:
+                version.partial_sent = True
+        else:
+            joined = [(image_id, self._pending.pop(image_id)) for image_id in image_ids]
         k = self._settings.near_duplicate_k
         requests = [SearchRequest(image_id=image_id, k=k) for image_id, _ in joined]
         replies = await asyncio.to_thread(lambda: [self._engine.answer(r) for r in requests])
         alerts: list[ImageAlert] = []
-        for (image_id, (etag, features, _)), reply in zip(joined, replies, strict=True):
+        for (image_id, version), reply in zip(joined, replies, strict=True):
+            if partial and self._pending.get(image_id) is not version:
+                continue  # completed (or overwritten) while its query ran: that alert says more
             if not reply.ok:  # removed meanwhile: nothing to say
                 log.info("image_alert.skipped", image_id=image_id, why=reply.error)
                 continue
             alerts.append(
                 ImageAlert(
                     image_id=image_id,
-                    etag=etag,
-                    features=sorted(features),
+                    etag=version.etag,
+                    features=sorted(version.features),
                     partial=partial,
                     matches=[h for h in reply.hits if h.verdict in MATCHES],
                 )
