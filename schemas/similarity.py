@@ -27,7 +27,8 @@ class SimilarityResult(Message):
 
 class ImageAlert(Message):
     """One image version's copies and look-alikes, across every feature (a fused query by id),
-    published once all its features are indexed, or at the deadline with `partial` set."""
+    published once all its features are indexed, or at the deadline with `partial` set (then
+    again, complete, when the late features are in)."""
 
     schema_version: Literal[1] = 1
     image_id: str
