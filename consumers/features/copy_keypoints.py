@@ -76,7 +76,9 @@ def packed(images: Sequence[Image.Image]) -> list[bytes]:
 
 def packed_query(img: Image.Image) -> list[bytes]:
     """A query's keypoints and its mirror's (ORB is not mirror-invariant), packed, each with
-    the query's copy codes (which cover the mirror already)."""
+    the query's copy codes (which cover the mirror already). Borders are trimmed once: the
+    mirror's are the trimmed query's, mirrored."""
     codes = b"".join(copy_signature.query_codes(img))
-    views = (img, ImageOps.mirror(img))
-    return [pack(query(view, codes=codes), lossless=True) for view in views]
+    trimmed = border_trim.trim_borders(img)
+    views = (trimmed, ImageOps.mirror(trimmed))
+    return [pack(describe(view, QUERY, codes=codes), lossless=True) for view in views]
