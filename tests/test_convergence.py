@@ -31,9 +31,11 @@ from tests.silent_s3 import silent_s3
 
 pytestmark = pytest.mark.integration
 
-# Two cheap features keep these stacks light; every feature index is checked.
-LIGHT = {"LOOKALIKE_FEATURES": "phash,colour", "LOOKALIKE_EXTRACTOR_POOLS": "phash,colour"}
-FEATURES = ("phash", "colour")
+# Two cheap features and copy verification's keypoints (its engine restores and catches up
+# unlike the others: a vote index, packed keypoints only in the store) keep these stacks light;
+# every feature index is checked.
+FEATURES = ("phash", "colour", "keypoints")
+LIGHT = {"LOOKALIKE_FEATURES": ",".join(FEATURES), "LOOKALIKE_EXTRACTOR_POOLS": ",".join(FEATURES)}
 
 
 async def reply(search: SearchClient, image_id: str, feature: str) -> SearchReply | None:
