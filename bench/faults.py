@@ -193,9 +193,9 @@ def print_report(
     for row in rows:
         print("| " + " | ".join(row.cells(plan.wait_s)) + " |")
     print(
-        "\nlost / ghosts / stale: the worst of the feature indexes (max over phash, colour, "
-        "copy, clip), over the whole bucket, when polling stopped. converge_s: from the later "
-        "of the fault's end and the workload's last operation."
+        "\nlost / ghosts / stale: the worst of the feature indexes (max over "
+        f"{', '.join(settings.feature_names)}), over the whole bucket, when polling stopped. "
+        "converge_s: from the later of the fault's end and the workload's last operation."
     )
     for row in rows:
         how = FAULTS[row.name][1]
