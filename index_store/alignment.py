@@ -38,8 +38,8 @@ MIN_INLIERS = 8  # a transform fewer pairs agree on is no alignment
 # Pixels are compared only for candidates whose frame, aligned, covers at least this share of
 # what the best-covering candidate covers: a copy shows nothing its original lacks, so an
 # original covers the copy's frame as far as any candidate does, and a sibling that shares only
-# part of it is no answer. On bench/copy_verify.py's tuning half (2,000 originals) 0.8 compared
-# a third of the candidates and lost no query's right answer; 0.9 lost one.
+# part of it is no answer. Chosen on bench/copy_verify.py's tuning half, where it spared most
+# comparisons and no query lost its right answer (the time it saves: BENCHMARKS.md).
 COVER_SHARE = 0.8
 REPROJECTION = 5.0  # pixels on the grey copy
 RANSAC_SEED = 2026
