@@ -72,11 +72,9 @@ async def upload_and_index(stack: Stack, copies: CopySet) -> float:
     took = time.perf_counter() - started
     # Each image's joined alert (a fused query, verified) follows, and one the slowest feature
     # has not reached within the deadline goes out partial, then again once it has: queries
-    # asked while those still run would be timed against them. Wait until alerts stop.
+    # asked while those still run would be timed against them. Wait until alerts stop (a
+    # stack that publishes none: one wait).
     quiet = stack.settings.image_alert_deadline_s + 5
-    while not await listener.wait_until(lambda: len(ids & listener.alerted.keys()) == len(ids),
-                                        timeout=30):  # fmt: skip
-        print(f"  image alerts: {len(ids & listener.alerted.keys())}/{len(ids)}", flush=True)
     while await listener.wait_until(partial(more_alerts, listener, listener.alerts), quiet):
         pass  # another alert within `quiet` seconds
     print(f"  image alerts: {listener.alerts} ({listener.partial} partial); none for {quiet:.0f}s "

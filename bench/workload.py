@@ -26,7 +26,6 @@ class IndexedListener:
         self._settings = settings
         self.seen: dict[str, float] = {}  # image id -> first result (any feature)
         self.seen_by_feature: dict[str, dict[str, float]] = {}
-        self.alerted: dict[str, float] = {}  # image id -> first image alert
         self.alerts = 0  # image alerts seen
         self.partial = 0  # of which partial
         self._consumer = make_consumer(settings, group_id=None)
@@ -55,7 +54,6 @@ class IndexedListener:
                 for record in records:
                     if record.topic == self._settings.image_alerts_topic:
                         alert = ImageAlert.from_bytes(record.value)
-                        self.alerted.setdefault(alert.image_id, now)
                         self.alerts += 1
                         self.partial += alert.partial
                         continue

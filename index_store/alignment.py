@@ -142,7 +142,8 @@ def align_all(
 ) -> list[Aligned]:
     """Each candidate aligned (as `align`), its pixels compared only for the `compare` that
     most pairs agree with among those whose aligned frame covers at least COVER_SHARE of what
-    the best-covering one covers: a transform is cheap, a comparison is not. Comparisons go by
+    the best-covering one covers, and the one most pairs agree with: a transform is cheap, a
+    comparison is not. Comparisons go by
     inliers, most first, and stop after one the caller finds `enough` (given its number and
     what was found: e.g. surely a copy)."""
     found: list[tuple[int, Matrix | None]] = []
@@ -158,8 +159,13 @@ def align_all(
         for (keypoints, _), (inliers, matrix) in zip(candidates, found, strict=True)
     ]
     best = max(covers, default=0.0)
-    worth = [i for i, cover in enumerate(covers) if cover > 0 and cover >= COVER_SHARE * best]
-    for i in sorted(worth, key=lambda i: -found[i][0])[:compare]:
+    worth = {i for i, cover in enumerate(covers) if cover > 0 and cover >= COVER_SHARE * best}
+    # A weak alignment at a small scale can cover the query whole: the candidate most pairs
+    # agree with is compared whatever it covers (a caption bar or padding outside an original).
+    most = max(range(len(found)), key=lambda i: found[i][0], default=None)
+    if most is not None and covers[most] > 0:
+        worth.add(most)
+    for i in sorted(worth, key=lambda i: (-found[i][0], i))[:compare]:
         inliers, matrix = found[i]
         assert matrix is not None  # covers nothing without one
         out[i] = compared(query, candidates[i][0].grey, matrix, inliers)

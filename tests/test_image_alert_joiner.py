@@ -90,8 +90,21 @@ async def test_a_partially_alerted_image_stops_waiting_for_a_feature_that_never_
     await joined.flush_overdue()
     await asyncio.sleep(11 * DEADLINE_S)  # past FORGET_AFTER deadlines
     await joined.flush_overdue()
-    await joined.indexed("copy", upload("b/a.jpg"))  # a straggler starts over, as a new wait
-    assert [a.partial for a in producer.sent] == [True]
+    await joined.indexed("copy", upload("b/a.jpg"))  # a straggler after that: no new wait
+    await asyncio.sleep(2 * DEADLINE_S)
+    await joined.flush_overdue()
+    assert [(a.partial, a.features) for a in producer.sent] == [(True, ["phash"])]
+
+
+async def test_a_version_reported_again_after_its_complete_alert_is_not_alerted_again() -> None:
+    joined, engine, producer = joiner()
+    for feature in FEATURES:
+        await joined.indexed(feature, upload("b/a.jpg"))
+    await joined.indexed("phash", upload("b/a.jpg"))  # redelivered
+    await asyncio.sleep(2 * DEADLINE_S)
+    await joined.flush_overdue()
+    assert [a.partial for a in producer.sent] == [False]
+    assert engine.asked == ["b/a.jpg"]
 
 
 async def test_an_overwrite_starts_a_new_version_and_only_it_is_alerted() -> None:

@@ -7,16 +7,20 @@ look-alikes across every feature (a fused query by id, consumers/indexer/fusion.
 publishes one `ImageAlert` with the matches and their verdicts. A version still missing
 features after `image_alert_deadline_s` is published as `partial`, and again, complete, once
 its late features are in (within FORGET_AFTER deadlines; a feature may never come: the
-extractor rejected the image). An overwrite starts a new version (the old one is forgotten).
+extractor rejected the image). A version whose last alert is out (complete, or given up
+on) is not alerted again when a feature reports it again (a redelivery, a replay); the
+newest FINISHED_KEPT such versions are remembered. An overwrite starts a new version (the old
+one is forgotten).
 
 Within a shard, one replica publishes (`LOOKALIKE_PUBLISH_ALERTS`); a restart may repeat an
-alert (at-least-once): key and (id, eTag) let consumers drop repeats.
+alert (at-least-once): key and (id, eTag, partial) let consumers drop repeats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
@@ -32,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 MATCHES = (Verdict.EXACT, Verdict.COPY, Verdict.SIMILAR)
 FORGET_AFTER = 10  # deadlines after which a partially alerted version stops waiting
+FINISHED_KEPT = 100_000  # versions whose last alert is out, remembered (newest)
 
 
 @dataclass
@@ -57,6 +62,8 @@ class ImageAlertJoiner:
         self._engine = engine
         self._producer = producer
         self._pending: dict[str, Version] = {}  # image id -> its newest version
+        # image id -> eTag of its version whose last alert is out, oldest first
+        self._finished: OrderedDict[str, str | None] = OrderedDict()
         self.published = 0
 
     async def indexed(self, feature: str, upserts: list[Upsert]) -> None:
@@ -65,6 +72,8 @@ class ImageAlertJoiner:
         complete: dict[str, None] = {}  # image ids, in order
         for u in upserts:
             version = self._pending.get(u.image_id)
+            if version is None and self._is_finished(u.image_id, u.record.etag):
+                continue  # reported again: its alert is out already
             if version is None or version.etag != u.record.etag:
                 # new, or overwritten: only the newest version is alerted
                 version = self._pending[u.image_id] = Version(u.record.etag, set(), now)
@@ -83,6 +92,7 @@ class ImageAlertJoiner:
             if v.partial_sent and v.since < now - FORGET_AFTER * deadline
         ]:
             version = self._pending.pop(image_id)
+            self._finish(image_id, version)
             missing = sorted(self._features - version.features)
             log.info("image_alert.late_features_given_up", image_id=image_id, missing=missing)
         await self._publish(
@@ -104,6 +114,16 @@ class ImageAlertJoiner:
                 except Exception:
                     log.exception("image_alert.flush_failed")
 
+    def _finish(self, image_id: str, version: Version) -> None:
+        """Remember that `version`'s last alert is out (the newest FINISHED_KEPT)."""
+        self._finished.pop(image_id, None)
+        self._finished[image_id] = version.etag
+        if len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+
+    def _is_finished(self, image_id: str, etag: str | None) -> bool:
+        return image_id in self._finished and self._finished[image_id] == etag
+
     async def _publish(self, image_ids: list[str], partial: bool) -> None:
         """One thread call answers every image's query; the alerts go out together."""
         if not image_ids:
@@ -114,6 +134,8 @@ class ImageAlertJoiner:
                 version.partial_sent = True
         else:
             joined = [(image_id, self._pending.pop(image_id)) for image_id in image_ids]
+            for image_id, version in joined:
+                self._finish(image_id, version)
         k = self._settings.near_duplicate_k
         requests = [SearchRequest(image_id=image_id, k=k) for image_id, _ in joined]
         replies = await asyncio.to_thread(lambda: [self._engine.answer(r) for r in requests])
