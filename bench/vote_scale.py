@@ -1,0 +1,145 @@
+"""The keypoint vote index at scale: the one part of a verified copy search that grows with the
+gallery (issue 15).
+
+    .venv/bin/python -m bench.vote_scale                          # 2,000, 10,000, 100,000 images
+    .venv/bin/python -m bench.vote_scale --images 2000,10000      # quicker
+
+A `keypoints` search (consumers/indexer/copy_verification.py) asks the vote index
+(index_store/keypoint_votes.py) which images share keypoints with the query, then aligns and
+compares at most a fixed number of candidates: only the vote grows with the number of indexed
+images. This bench builds the product's vote index (`KeypointVotes` over a gallery, trained as
+the keypoints engine's rebuild trains it) over galleries of real ORB descriptors: the
+keypoints feature's own (copy_keypoints.describe) of random crops (35-80 % of each side) of the
+sample photographs, a few thousand distinct crops described once and the larger galleries made
+of them (each further copy of a crop's descriptors with 30 % of the bits flipped, so that no
+two images share descriptors exactly); queries: 30 other crops, described as queries. Printed
+per gallery size: the build (k-means training and adding), the index's size, and one query's
+vote time (p50, p90), against the naive way: every descriptor compared (faiss
+IndexBinaryFlat, the exact 16 nearest; at 100,000 images on a few queries only). Votes'
+agreement: the share of the exact search's top-40 voted images the index's top 40 also holds
+(its candidates). One thread, as a search runs in the indexer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import cv2
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+from bench.copy_set import photographs
+from consumers.features.copy_keypoints import QUERY, describe
+from index_store.keypoint_votes import MAX_DISTANCE, NEIGHBOURS, KeypointVotes, Votes
+
+DISTINCT = 4000  # crops described; larger galleries are flipped copies of their descriptors
+FLIPPED = 0.3  # share of bits flipped in each further copy
+TOP = 40  # candidates a verified search takes from the votes (copy_verification.VOTED)
+Descriptors = NDArray[np.uint8]
+
+
+def crops(count: int, keypoints: int, rng: np.random.Generator) -> list[Descriptors]:
+    """ORB descriptors of `count` random crops of the sample photographs."""
+    photos = photographs()
+    out = []
+    for _ in range(count):
+        photo = photos[int(rng.integers(len(photos)))]
+        w, h = photo.size
+        fw, fh = rng.uniform(0.35, 0.8, 2)
+        x, y = rng.uniform(0, 1 - fw) * w, rng.uniform(0, 1 - fh) * h
+        box = (int(x), int(y), int(x + fw * w), int(y + fh * h))
+        out.append(describe(photo.crop(box), keypoints).descriptors)
+    return out
+
+
+def gallery(
+    distinct: list[Descriptors], images: int, rng: np.random.Generator
+) -> list[Descriptors]:
+    """`images` images' descriptors: the distinct crops', then copies with bits flipped."""
+    out = list(distinct[:images])
+    while len(out) < images:
+        source = distinct[len(out) % len(distinct)]
+        bits = np.unpackbits(source, axis=1)
+        out.append(np.packbits(bits ^ (rng.random(bits.shape) < FLIPPED), axis=1))
+    return out
+
+
+def exact_votes(flat: faiss.IndexBinary, owner: NDArray[np.int64], query: Descriptors) -> set[int]:
+    """The top voted images when every descriptor is compared (votes weighted as the index's)."""
+    distances, rows = flat.search(query, NEIGHBOURS)
+    near = (rows >= 0) & (distances <= MAX_DISTANCE)
+    weights = np.bincount(owner[rows[near]], weights=1 / (1 + distances[near] / 16))
+    return top(weights.astype(np.float64))
+
+
+def top(weights: NDArray[np.float64]) -> set[int]:
+    voted = np.flatnonzero(weights > 0)
+    return {int(i) for i in voted[np.argsort(-weights[voted])][:TOP]}
+
+
+def index_bytes(index: faiss.IndexBinary) -> int:
+    return int(faiss.serialize_index_binary(index).nbytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", default="2000,10000,100000", help="gallery sizes")
+    parser.add_argument("--queries", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.images.split(",")]
+    faiss.omp_set_num_threads(1)
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
+    distinct = crops(min(DISTINCT, max(sizes)), 300, rng)
+    queries = crops(args.queries, QUERY, rng)
+    print(f"{len(distinct)} crops and {len(queries)} queries described in "
+          f"{time.perf_counter() - started:.0f}s", flush=True)  # fmt: skip
+    rows = []
+    for images in sizes:
+        described = gallery(distinct, images, rng)
+        faiss.omp_set_num_threads(2)  # building may use both cores, as a rebuild does
+        t0 = time.perf_counter()
+        votes = KeypointVotes(described)
+        built = time.perf_counter() - t0
+        owner = np.repeat(np.arange(images), [len(d) for d in described])
+        flat = faiss.IndexBinaryFlat(256)
+        flat.add(np.concatenate(described))
+        faiss.omp_set_num_threads(1)
+        took: list[float] = []
+        found: list[Votes] = []
+        for query in queries:
+            t0 = time.perf_counter()
+            found.append(votes.vote(query))
+            took.append(1000 * (time.perf_counter() - t0))
+        exact_ms: list[float] = []
+        agree: list[float] = []
+        checked = queries if images <= 10_000 else queries[:3]
+        for query, answer in zip(checked, found, strict=False):
+            t0 = time.perf_counter()
+            exact = exact_votes(flat, owner, query)
+            exact_ms.append(1000 * (time.perf_counter() - t0))
+            agree.append(len(exact & top(answer.weights)) / max(len(exact), 1))
+        rows.append(
+            f"| {images:,} | {len(votes):,} | {built:.0f} | {index_bytes(votes.index) / 2**20:.0f} "
+            f"| {np.median(took):.1f} | {np.percentile(took, 90):.1f} | {np.median(exact_ms):.0f} "
+            f"| {np.mean(agree):.2f} ({len(checked)}) |"
+        )
+        print(rows[-1], flush=True)
+        del votes, flat
+    print("\n## Keypoint vote index at scale (one query: its 300 descriptors, one thread)\n")
+    print("| images | descriptors | build s | index MiB | vote p50 ms | vote p90 ms | "
+          "exact p50 ms | top-40 agreement (queries) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    print(f"\n{platform.node()}, {time.perf_counter() - started:.0f}s in all")
+
+
+if __name__ == "__main__":
+    main()
