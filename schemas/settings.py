@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     # Tansu only answers a fetch when fetch_max_wait_ms runs out; real Kafka answers as soon
     # as data arrives, so a small value costs little there and buys latency here.
     fetch_max_wait_ms: int = Field(5, ge=0)
+    # The event streams (image events into extractors, feature events into indexers) are
+    # polled less eagerly: with Tansu every idle poll is a round of event-loop work, and in an
+    # indexer that work takes the interpreter from the searches it answers in worker threads
+    # (BENCHMARKS.md, "Copy detection through the stack"). Every other consumer (searches and
+    # their replies among them) keeps fetch_max_wait_ms.
+    event_fetch_max_wait_ms: int = Field(50, ge=0)
     image_events_topic: str = "lookalike.image-events"
     features_topic_prefix: str = "lookalike.features."
     search_requests_topic: str = "lookalike.search.requests"

@@ -49,7 +49,10 @@ class ExtractorService:
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
         consumer = self._consumer = make_consumer(
-            s, group_id=self._group, max_poll_records=s.extract_batch_max
+            s,
+            group_id=self._group,
+            max_poll_records=s.extract_batch_max,
+            fetch_max_wait_ms=s.event_fetch_max_wait_ms,
         )
         consumer.subscribe([s.image_events_topic], listener=_LogAssignments())
         producer = self._producer = make_producer(s)

@@ -94,7 +94,9 @@ class IngestService:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
-        consumer = self._consumer = make_consumer(s, group_id=None, max_poll_records=500)
+        consumer = self._consumer = make_consumer(
+            s, group_id=None, max_poll_records=500, fetch_max_wait_ms=s.event_fetch_max_wait_ms
+        )
         producer = self._producer = make_producer(s)
         await producer.start()
         await consumer.start()
