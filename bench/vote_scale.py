@@ -13,10 +13,10 @@ keypoints feature's own (copy_keypoints.describe) of random crops (35-80 % of ea
 sample photographs, one crop per image (described on both cores); queries: 30 other crops,
 described as queries. Printed per gallery size: the build (k-means training and adding, on 2
 threads), the index's size, and one query's vote time (p50, p90), against the naive way: every
-descriptor compared (faiss IndexBinaryFlat, the exact 16 nearest; at 100,000 images on a few
-queries only). Votes' agreement: the share of the exact search's top-40 voted images the
-index's top 40 also holds (its candidates). Votes on one thread, as a search runs in the
-indexer.
+descriptor compared (the same vote index with one group: the exact nearest, the same votes;
+at 100,000 images on a few queries only). Votes' agreement: the share of the exact search's
+top-40 voted images the index's top 40 also holds (its candidates). Votes on one thread, as
+a search runs in the indexer.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.copy_set import photographs
-from consumers.features.copy_keypoints import QUERY, describe
-from index_store.keypoint_votes import MAX_DISTANCE, NEIGHBOURS, KeypointVotes, Votes
+from consumers.features.copy_keypoints import INDEXED, QUERY, describe
+from consumers.indexer.copy_verification import VOTED
+from index_store.keypoint_votes import KeypointVotes, Votes
 
 CHUNK = 2000  # crops a worker process describes at a time
-TOP = 40  # candidates a verified search takes from the votes (copy_verification.VOTED)
 Descriptors = NDArray[np.uint8]
 
 
@@ -60,21 +60,9 @@ def gallery(images: int, seed: int) -> list[Descriptors]:
     """`images` crops' descriptors, described in CHUNKs on two worker processes."""
     chunks = [min(CHUNK, images - at) for at in range(0, images, CHUNK)]
     with ProcessPoolExecutor(2) as pool:
-        described = pool.map(crops, chunks, [300] * len(chunks), range(seed, seed + len(chunks)))
+        seeds = range(seed, seed + len(chunks))
+        described = pool.map(crops, chunks, [INDEXED] * len(chunks), seeds)
         return [d for chunk in described for d in chunk]
-
-
-def exact_votes(flat: faiss.IndexBinary, owner: NDArray[np.int64], query: Descriptors) -> set[int]:
-    """The top voted images when every descriptor is compared (votes weighted as the index's)."""
-    distances, rows = flat.search(query, NEIGHBOURS)
-    near = (rows >= 0) & (distances <= MAX_DISTANCE)
-    weights = np.bincount(owner[rows[near]], weights=1 / (1 + distances[near] / 16))
-    return top(weights.astype(np.float64))
-
-
-def top(weights: NDArray[np.float64]) -> set[int]:
-    voted = np.flatnonzero(weights > 0)
-    return {int(i) for i in voted[np.argsort(-weights[voted])][:TOP]}
 
 
 def index_bytes(index: faiss.IndexBinary) -> int:
@@ -104,9 +92,7 @@ def main() -> None:
         t0 = time.perf_counter()
         votes = KeypointVotes(described)
         built = time.perf_counter() - t0
-        owner = np.repeat(np.arange(images), [len(d) for d in described])
-        flat = faiss.IndexBinaryFlat(256)
-        flat.add(np.concatenate(described))
+        exact = KeypointVotes(described, lists=1)  # one group: every descriptor compared
         faiss.omp_set_num_threads(1)
         took: list[float] = []
         found: list[Votes] = []
@@ -119,17 +105,17 @@ def main() -> None:
         checked = queries if images <= 10_000 else queries[:3]
         for query, answer in zip(checked, found, strict=False):
             t0 = time.perf_counter()
-            exact = exact_votes(flat, owner, query)
+            right = set(exact.vote(query).most(VOTED))
             exact_ms.append(1000 * (time.perf_counter() - t0))
-            agree.append(len(exact & top(answer.weights)) / max(len(exact), 1))
+            agree.append(len(right & set(answer.most(VOTED))) / max(len(right), 1))
         rows.append(
             f"| {images:,} | {len(votes):,} | {built:.0f} | {index_bytes(votes.index) / 2**20:.0f} "
             f"| {np.median(took):.1f} | {np.percentile(took, 90):.1f} | {np.median(exact_ms):.0f} "
             f"| {np.mean(agree):.2f} ({len(checked)}) |"
         )
         print(rows[-1], flush=True)
-        del votes, flat
-    print("\n## Keypoint vote index at scale (one query: its 300 descriptors, one thread)\n")
+        del votes, exact
+    print(f"\n## Keypoint vote index at scale (one query: its {QUERY} descriptors, one thread)\n")
     print("| images | descriptors | build s | index MiB | vote p50 ms | vote p90 ms | "
           "exact p50 ms | top-40 agreement (queries) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
