@@ -12,7 +12,8 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageOps
 
-from consumers.features import copy_keypoints
+from consumers.features import copy_keypoints, copy_signature
+from consumers.indexer.copy_verification import codes_of, hash_distances
 from index_store.alignment import (
     MARGIN_LIMIT,
     MIN_INLIERS,
@@ -183,11 +184,18 @@ def test_votes_over_an_empty_gallery_are_empty() -> None:
 
 def test_the_shipped_scorer_says_copy_for_a_crop_and_not_for_another_photograph() -> None:
     scorer = CopyScorer.load()
-    original = photo("coffee")
-    query = prepare(copy_keypoints.query(cropped(original, (0.1, 0.2, 0.75, 0.9))))
-    copy_evidence = evidence(align(query, stored(original)), hash_distance=200)
-    other_evidence = evidence(align(query, stored(photo("brick"))), hash_distance=280)
-    copy_score, other_score = scorer.score(np.stack([copy_evidence, other_evidence]))
+    crop = cropped(photo("coffee"), (0.15, 0.1, 0.95, 0.85))
+    query = prepare(copy_keypoints.query(crop, codes=b"".join(copy_signature.query_codes(crop))))
+    scores = []
+    for name in ("coffee", "brick"):
+        candidate = photo(name)
+        indexed = unpack(
+            pack(copy_keypoints.describe(candidate, codes=copy_signature.describe(candidate)))
+        )
+        found = align(query, indexed)
+        codes_apart = hash_distances(codes_of(query.keypoints), [codes_of(indexed)])[0]
+        scores.append(float(scorer.score(evidence(found, codes_apart)[None])[0]))
+    copy_score, other_score = scores
     assert copy_score >= scorer.threshold > other_score
 
 
