@@ -17,13 +17,16 @@ the request-reply topic, as a user's would: `phash`, `copy` (the copy codes alon
 codes, aligned and scored, consumers/indexer/copy_verification.py). Printed: recall@1 per
 kind of transform, the verdicts at each feature's product threshold (its alert threshold:
 FeatureSpec.alert_max_distance) and at the threshold the tuning half would choose, query
-latency through the topic per feature, and the store of record's size per image.
+latency through the topic per feature, the CPU each of the stack's processes used while the
+queries were asked (Linux: /proc), and the store of record's size per image.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import platform
 import tempfile
 import time
@@ -171,6 +174,29 @@ def report(
               f"{percentile(inside, 90):.1f} |")  # fmt: skip
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time (user + system) each of the stack's processes, and this one, used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"this benchmark (the asking client)": sum(os.times()[:2])}
+    for process in stack.processes():
+        if process.pid is None:
+            continue
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{process.pid}/stat").read_text()
+            fields = stat.rpartition(")")[2].split()  # after the command's name
+            out[process.name] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def print_cpu(before: dict[str, float], after: dict[str, float], wall: float, asked: int) -> None:
+    print(f"\nCPU used while the queries were asked ({asked:,} requests in {wall:.0f} s; two "
+          "cores give 200 %):\n")  # fmt: skip
+    print("| process | CPU % | CPU ms per request |\n| --- | --- | --- |")
+    for name, seconds in after.items():
+        used = seconds - before.get(name, 0.0)
+        print(f"| {name} | {100 * used / wall:.0f} | {1000 * used / asked:.1f} |")
+
+
 def store_bytes(stack: Stack) -> int:
     return sum(f.stat().st_size for f in (stack.settings.index_dir / "store").rglob("*"))
 
@@ -194,11 +220,15 @@ def main() -> None:
         try:
             took_s = asyncio.run(upload_and_index(stack, copies))
             print(f"indexed in {took_s:.0f}s", flush=True)
+            cpu_before, asking = cpu_seconds(stack), time.perf_counter()
             hits, took = asyncio.run(ask_all(stack, copies, k))
+            asking = time.perf_counter() - asking
+            cpu_after = cpu_seconds(stack)
             stored = store_bytes(stack)
         finally:
             stack.stop()
     report(copies, hits, took, args.precision)
+    print_cpu(cpu_before, cpu_after, asking, len(copies.asked) * len(FEATURES))
     print(f"\nstore of record on disk: {stored / len(copies.gallery) / 1024:.1f} KiB per image "
           f"({names}); {platform.node()}, {time.perf_counter() - started:.0f}s in all")  # fmt: skip
 
