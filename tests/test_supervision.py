@@ -248,13 +248,26 @@ def lookalike(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_status_shows_processes_indexers_and_extractor_lag(small_stack: Stack) -> None:
     stack = small_stack
     await stack.serving(timeout=60)
-    done = await asyncio.to_thread(lookalike, stack, "status")
-    out = done.stdout
+    # The supervisor writes the table `status` reads every 0.5 s: a process that has just
+    # (re)started shows once the next write lands, so the view is asked again until then.
+    deadline = time.monotonic() + 15
+    while True:
+        done = await asyncio.to_thread(lookalike, stack, "status")
+        out = done.stdout
+        lines = out.splitlines()
+        unlike = [
+            proc.name
+            for proc in stack.processes()
+            if not any(
+                proc.name in line and ("running" if proc.alive() else "stopped") in line
+                for line in lines
+            )
+        ]
+        if not unlike or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert not unlike, out
     assert f"cluster id {stack.infra.cluster_id}" in out
-    lines = out.splitlines()
-    for proc in stack.processes():
-        state = "running" if proc.alive() else "stopped"
-        assert any(proc.name in line and state in line for line in lines), proc.name
     indexers = out.split("indexers")[1]
     assert "0,1,2,3" in indexers and "phash " in indexers  # its partitions and index size
     assert "lookalike-extractor.phash" in out  # the pool's consumer group and its lag
