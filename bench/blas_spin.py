@@ -4,9 +4,10 @@ and then (issue 15: the indexer's searches were slower in the stack than in one 
     .venv/bin/python -m bench.blas_spin
 
 Each setting runs in a fresh interpreter (OpenBLAS reads its environment when numpy loads it):
-a matrix product the size of one verified search's copy-code distances (a query's 6 codes by
-50 candidates' 30, 256 bits each, as float32) every `--every-ms`, `--calls` times; printed: the
-CPU the process used (100 % = one core) while mostly sleeping, and the product's own time.
+the matrix product of one verified search's copy-code distances (multi_hash.distance_matrix:
+the query's codes by its VOTED + HASHED candidates' codes, counted on a sample photograph,
+as float32 bits) every `--every-ms`, `--calls` times; printed: the CPU the process used (100 %
+= one core) while mostly sleeping, and the product's own time.
 OpenBLAS's default keeps a thread per core that spins 2^28 cycles after a call; threads that
 sleep at once are the peer; one thread is what lookalike's services set (lookalike/__init__.py).
 """
@@ -19,6 +20,10 @@ import os
 import subprocess
 import sys
 
+from consumers.features import copy_signature
+from consumers.indexer.copy_verification import CODE_BYTES, HASHED, VOTED
+from lookalike.samples import photo
+
 SETTINGS = {
     "OpenBLAS's default (a thread per core; they spin 2^28 cycles)": {},
     "threads that sleep at once (OPENBLAS_THREAD_TIMEOUT=4)": {"OPENBLAS_THREAD_TIMEOUT": "4"},
@@ -30,8 +35,9 @@ import json, sys, time
 import numpy as np
 every, calls = float(sys.argv[1]) / 1000, int(sys.argv[2])
 rng = np.random.default_rng(0)
-query = rng.integers(0, 2, (6, 256)).astype(np.float32)
-candidates = rng.integers(0, 2, (1500, 256)).astype(np.float32)
+rows, columns, bits = (int(a) for a in sys.argv[3:6])
+query = rng.integers(0, 2, (rows, bits)).astype(np.float32)
+candidates = rng.integers(0, 2, (columns, bits)).astype(np.float32)
 took = []
 cpu, wall = time.process_time(), time.perf_counter()
 for _ in range(calls):
@@ -45,17 +51,32 @@ print(json.dumps({"cpu": cpu, "product_ms": 1000 * float(np.median(took))}))
 """
 
 
+def search_shape() -> tuple[int, int, int]:
+    """(query codes, candidates' codes, bits) of one verified search's code distances."""
+    img = photo("coffee")
+    query = len(copy_signature.query_codes(img))
+    per_image = len(copy_signature.describe(img)) // CODE_BYTES
+    return query, (VOTED + HASHED) * per_image, copy_signature.CODE_BITS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--every-ms", type=float, default=50.0)
     parser.add_argument("--calls", type=int, default=100)
     args = parser.parse_args()
-    print(f"\nA small matrix product every {args.every_ms:g} ms, {args.calls} times:\n")
+    rows, columns, bits = search_shape()
+    print(f"\nA verified search's code distances ({rows} x {bits} by {bits} x {columns:,}, "
+          f"float32) every {args.every_ms:g} ms, {args.calls} times:\n")  # fmt: skip
     print("| OpenBLAS | CPU used (one core = 100 %) | product p50 ms |\n| --- | --- | --- |")
     for name, env in SETTINGS.items():
         clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
         out = subprocess.run(
-            [sys.executable, "-c", PROBE, str(args.every_ms), str(args.calls)],
+            [
+                sys.executable,
+                "-c",
+                PROBE,
+                *map(str, (args.every_ms, args.calls, rows, columns, bits)),
+            ],
             env={**clean, **env},
             check=True,
             capture_output=True,

@@ -220,15 +220,15 @@ def main() -> None:
         try:
             took_s = asyncio.run(upload_and_index(stack, copies))
             print(f"indexed in {took_s:.0f}s", flush=True)
-            cpu_before, asking = cpu_seconds(stack), time.perf_counter()
+            cpu_before, asked_at = cpu_seconds(stack), time.perf_counter()
             hits, took = asyncio.run(ask_all(stack, copies, k))
-            asking = time.perf_counter() - asking
+            asking_s = time.perf_counter() - asked_at
             cpu_after = cpu_seconds(stack)
             stored = store_bytes(stack)
         finally:
             stack.stop()
     report(copies, hits, took, args.precision)
-    print_cpu(cpu_before, cpu_after, asking, len(copies.asked) * len(FEATURES))
+    print_cpu(cpu_before, cpu_after, asking_s, len(copies.asked) * len(FEATURES))
     print(f"\nstore of record on disk: {stored / len(copies.gallery) / 1024:.1f} KiB per image "
           f"({names}); {platform.node()}, {time.perf_counter() - started:.0f}s in all")  # fmt: skip
 
