@@ -185,7 +185,7 @@ def compared_methods(
         f"{spec.name} (product)": (
             product.make(spec.metric, spec.dim, spec.codes_per_item),
             spec.describe_batch(gallery),
-            [spec.query_vectors(q) for q in queries],
+            [list(spec.query_vectors(q)) for q in queries],
         )
         for spec in (PHASH, COPY)
     }

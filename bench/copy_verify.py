@@ -31,6 +31,7 @@ import argparse
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -89,8 +90,8 @@ def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Flo
     return w
 
 
-def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[list[bytes]], precision: float,
-           fitted_on: str) -> CopyScorer:  # fmt: skip
+def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes]],
+           precision: float, fitted_on: str) -> CopyScorer:  # fmt: skip
     """Weights from every tuning query's examined candidates, then the lowest threshold with
     `precision` on the tuning half (each query's answer: its top-scored candidate)."""
     rows: list[tuple[int, Floats, bool]] = []  # (query, evidence, whether a right answer)
@@ -134,13 +135,13 @@ def main() -> None:
         indexes, stored = indexed(copies, store)
         print(f"gallery indexed in {time.perf_counter() - started:.0f}s", flush=True)
         took: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        queries: list[list[bytes]] = []
+        queries: list[Sequence[bytes]] = []
         codes: list[list[bytes]] = []
         for query in copies.asked:
             t0 = time.perf_counter()
             image = decode_image(query.data, max_pixels=10**8)
             queries.append(KEYPOINTS.query_vectors(image))
-            codes.append(COPY.query_vectors(image))
+            codes.append(list(COPY.query_vectors(image)))
             took["describe"].append(time.perf_counter() - t0)
         scorer = CopyScorer.load()
         if args.fit:
@@ -168,8 +169,9 @@ def main() -> None:
                 print(f"  asked {n}/{len(queries)}", flush=True)
         store.close()
     report(copies, hashed, checked, scorer, args.precision)
-    print("\nQuery time, one thread (describe: the keypoints and copy codes of the query image, "
-          "its mirror's too):\n")  # fmt: skip
+    print("\nQuery time, one thread (describe: the query image's keypoints and copy codes; "
+          "its mirror's keypoints are described when the verified search asks for them, "
+          "and counted there):\n")  # fmt: skip
     print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")
     for stage, seconds in took.items():
         ms = 1000 * np.array(seconds)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
+import faiss
 import numpy as np
 from numpy.typing import NDArray
 
@@ -48,7 +49,6 @@ BLOCK = 16
 FLAT = 5.0  # grey-level std under which a block is flat
 CONTENT = 4.0  # grey-level std of a 7 x 7 neighbourhood under which a pixel is not content
 MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
-_MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING)
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,13 @@ class Aligned:
 
 
 def matched(query: Keypoints, candidate: Keypoints) -> Pairs:
-    """Ratio-tested nearest descriptor pairs."""
+    """Ratio-tested nearest descriptor pairs (faiss's Hamming k-NN: the same pairs as
+    OpenCV's brute-force matcher, without a Python object per match)."""
     if len(candidate) < 2 or len(query) < 2:
         return []
-    found = _MATCHER.knnMatch(query.descriptors, candidate.descriptors, k=2)
-    good = [m[0] for m in found if len(m) == 1 or (m and m[0].distance < RATIO * m[1].distance)]
-    return [(m.queryIdx, m.trainIdx) for m in good]
+    distances, nearest = faiss.knn_hamming(query.descriptors, candidate.descriptors, 2)
+    good = np.flatnonzero(distances[:, 0] < RATIO * distances[:, 1])
+    return list(zip(good.tolist(), nearest[good, 0].tolist(), strict=True))
 
 
 def similarity(query: Keypoints, candidate: Keypoints, pairs: Pairs) -> tuple[int, Matrix | None]:

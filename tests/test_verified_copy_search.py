@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from consumers.features import copy_keypoints
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.query import QueryEngine
@@ -90,6 +91,27 @@ def test_a_mirrored_crop_is_verified_through_its_mirror(tmp_path: Path) -> None:
     assert [(h.image_id, h.verdict) for h in reply.hits] == [("b/chelsea", Verdict.COPY)]
     unmirrored = SearchRequest(feature="keypoints", image=jpeg(crop), include_mirrored=False)
     assert all(h.verdict is Verdict.UNRELATED for h in engine.answer(unmirrored).hits)
+
+
+def test_a_query_verified_as_a_copy_never_describes_its_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = filled(tmp_path)
+    described: list[bool] = []  # mirrored?
+    view = copy_keypoints._packed_view
+
+    def counted(trimmed: Image.Image, codes: bytes, mirrored: bool = False) -> bytes:
+        described.append(mirrored)
+        return view(trimmed, codes, mirrored)
+
+    monkeypatch.setattr(copy_keypoints, "_packed_view", counted)
+    crop = cropped(photo("rocket"), (0.1, 0.1, 0.9, 0.9))
+    reply = engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=1))
+    assert reply.hits[0].image_id == "b/rocket" and reply.hits[0].verdict is Verdict.COPY
+    assert described == [False]
+    # A picture that verifies as nothing is looked for through its mirror too.
+    engine.answer(SearchRequest(feature="keypoints", image=jpeg(photo(STRANGER)), k=1))
+    assert described == [False, False, True]
 
 
 def test_fused_search_calls_a_verified_crop_a_copy(tmp_path: Path) -> None:

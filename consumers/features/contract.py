@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from PIL import Image
 
@@ -32,7 +33,9 @@ class FeatureSpec:
     # overrides them per feature (catalog.build_features).
     alert_max_distance: float
     describe_batch: Callable[[Sequence[Image.Image]], list[bytes]]
-    describe_query: Callable[[Image.Image], list[bytes]] | None = None
+    # A query's vectors (e.g. the image's and its mirror's), first the image's own; may be
+    # OnDemand, each described when first read.
+    describe_query: Callable[[Image.Image], Sequence[bytes]] | None = None
     describe_text: Callable[[str], bytes] | None = None
     codes_per_item: int = 1  # BITS features: several codes per image, matched by the closest
     # Encoded images (as fetched) -> per image its vector or why it has none. Set where the
@@ -85,7 +88,43 @@ class FeatureSpec:
     def index_name(self) -> str:
         return self.version
 
-    def query_vectors(self, image: Image.Image) -> list[bytes]:
+    def query_vectors(self, image: Image.Image) -> Sequence[bytes]:
         if self.describe_query is not None:
             return self.describe_query(image)
         return self.describe_batch([image])
+
+
+class OnDemand(Sequence[bytes]):
+    """Vectors each described when first read (then kept): a search that stops before the
+    last (the keypoints search, once the query itself is verified, never asks for its mirror's)
+    never pays for it. A slice is on demand too, and shares what was described."""
+
+    def __init__(self, describers: Sequence[Callable[[], bytes]]) -> None:
+        self._describers = [d if isinstance(d, _Once) else _Once(d) for d in describers]
+
+    def __len__(self) -> int:
+        return len(self._describers)
+
+    @overload
+    def __getitem__(self, at: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, at: slice) -> OnDemand: ...
+
+    def __getitem__(self, at: int | slice) -> bytes | OnDemand:
+        if isinstance(at, slice):
+            return OnDemand(self._describers[at])
+        return self._describers[at]()
+
+
+class _Once:
+    """A describer called at most once."""
+
+    def __init__(self, describe: Callable[[], bytes]) -> None:
+        self._describe: Callable[[], bytes] | None = describe
+        self._vector = b""
+
+    def __call__(self) -> bytes:
+        if self._describe is not None:
+            self._vector, self._describe = self._describe(), None
+        return self._vector

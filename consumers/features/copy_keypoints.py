@@ -16,6 +16,7 @@ query's query codes), whose distance the copy scorer weighs too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from consumers.features import border_trim, copy_signature
+from consumers.features.contract import OnDemand
 from index_store.keypoints import DESCRIPTOR_BYTES, MAGIC, Keypoints, pack
 
 NAME = "keypoints"
@@ -74,11 +76,18 @@ def packed(images: Sequence[Image.Image]) -> list[bytes]:
     return [pack(describe(img, codes=copy_signature.describe(img))) for img in images]
 
 
-def packed_query(img: Image.Image) -> list[bytes]:
+def packed_query(img: Image.Image) -> OnDemand:
     """A query's keypoints and its mirror's (ORB is not mirror-invariant), packed, each with
-    the query's copy codes (which cover the mirror already). Borders are trimmed once: the
-    mirror's are the trimmed query's, mirrored."""
+    the query's copy codes (which cover the mirror already); the mirror's described only when
+    a search asks for them. Borders are trimmed once: the mirror's are the trimmed query's,
+    mirrored."""
     codes = b"".join(copy_signature.query_codes(img))
     trimmed = border_trim.trim_borders(img)
-    views = (trimmed, ImageOps.mirror(trimmed))
-    return [pack(describe(view, QUERY, codes=codes), lossless=True) for view in views]
+    return OnDemand(
+        [partial(_packed_view, trimmed, codes), partial(_packed_view, trimmed, codes, True)]
+    )
+
+
+def _packed_view(trimmed: Image.Image, codes: bytes, mirrored: bool = False) -> bytes:
+    view = ImageOps.mirror(trimmed) if mirrored else trimmed
+    return pack(describe(view, QUERY, codes=codes), lossless=True)

@@ -104,15 +104,16 @@ class CopyVerifier:
         exclude: Iterable[str] = (),
     ) -> list[Hit]:
         """The `k` nearest by verified distance. `queries`: packed keypoints (with the query's
-        copy codes), the query's then (optionally) its mirror's."""
+        copy codes), the query's then (optionally) its mirror's, each read only when needed
+        (consumers/features/contract.OnDemand: the mirror's may be described then)."""
         excluded = set(exclude)
         best: dict[str, float] = {}
         most_votes = 0.0
-        for n, packed in enumerate(queries):
+        for n in range(len(queries)):
             if n and any(d <= self.max_distance for d in best.values()):
-                break  # verified already: the mirror is not tried
+                break  # verified already: the mirror is not tried (nor described: OnDemand)
             try:
-                query = unpack(packed)
+                query = unpack(queries[n])
             except BadKeypoints as exc:
                 raise ValueError(f"query keypoints: {exc}") from exc
             voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))

@@ -51,7 +51,7 @@ class Candidate:
 def gather(
     specs: Mapping[str, FeatureSpec],
     indexes: Mapping[str, FeatureIndex],
-    queries: Mapping[str, list[bytes]],
+    queries: Mapping[str, Sequence[bytes]],
     pool: int,
     exclude: Sequence[str],
     verifier: CopyVerifier | None = None,
@@ -78,7 +78,7 @@ def gather(
 
 
 def exact_distances(
-    spec: FeatureSpec, index: FeatureIndex, queries: list[bytes], image_ids: list[str]
+    spec: FeatureSpec, index: FeatureIndex, queries: Sequence[bytes], image_ids: list[str]
 ) -> list[tuple[str, float]]:
     """The exact distance of each stored image in `image_ids` to the nearest of `queries`."""
     scratch = EXACT_ENGINES.make(spec.metric, spec.dim, spec.codes_per_item)

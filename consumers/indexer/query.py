@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from PIL import Image
 
@@ -114,7 +114,7 @@ class QueryEngine:
 
     def _fused_queries(
         self, request: SearchRequest
-    ) -> tuple[dict[str, list[bytes]], list[str], str | None]:
+    ) -> tuple[dict[str, Sequence[bytes]], list[str], str | None]:
         """Per feature, the query's vectors (the image decoded once); what to leave out; the
         query's eTag (same bytes: an exact match)."""
         exclude = list(request.exclude)
@@ -123,7 +123,9 @@ class QueryEngine:
                 name: index.vectors_of([request.image_id])[0]
                 for name, index in self._indexes.items()
             }
-            queries = {name: [v] for name, v in found.items() if v is not None}
+            queries: dict[str, Sequence[bytes]] = {
+                name: [v] for name, v in found.items() if v is not None
+            }
             if not queries:
                 raise QueryError(
                     SearchErrorCode.NOT_FOUND, f"{request.image_id!r} is not in any index"
@@ -167,7 +169,7 @@ class QueryEngine:
 
     def _verified(
         self, request: SearchRequest, spec: FeatureSpec, index: FeatureIndex
-    ) -> tuple[list[bytes], list[Neighbour]]:
+    ) -> tuple[Sequence[bytes], list[Neighbour]]:
         """The keypoints feature's search: candidates verified by alignment
         (copy_verification.py)."""
         assert self._verifier is not None  # built whenever a VERIFIED feature is configured
@@ -189,7 +191,7 @@ class QueryEngine:
 
     def _query_vectors(
         self, request: SearchRequest, spec: FeatureSpec, index: FeatureIndex
-    ) -> tuple[list[bytes], list[str]]:
+    ) -> tuple[Sequence[bytes], list[str]]:
         exclude = list(request.exclude)
         if request.image_id is not None:
             # The engine's copy, else the store's (an engine may not keep vectors: keypoints).
