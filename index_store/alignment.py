@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from index_store.keypoints import Keypoints
+from index_store.openmp import one_omp_thread
 
 Pairs = list[tuple[int, int]]  # (query keypoint, candidate keypoint)
 Matrix = NDArray[np.float64]  # 2 x 3: query coordinates -> candidate coordinates
@@ -148,10 +149,11 @@ def align_all(
     inliers, most first, and stop after one the caller finds `enough` (given its number and
     what was found: e.g. surely a copy)."""
     found: list[tuple[int, Matrix | None]] = []
-    for keypoints, pairs in candidates:
-        if pairs is None or len(pairs) < MIN_PAIRS:
-            pairs = matched(query.keypoints, keypoints)
-        found.append(similarity(query.keypoints, keypoints, pairs))
+    with one_omp_thread():  # matching two images' descriptors is too small for more
+        for keypoints, pairs in candidates:
+            if pairs is None or len(pairs) < MIN_PAIRS:
+                pairs = matched(query.keypoints, keypoints)
+            found.append(similarity(query.keypoints, keypoints, pairs))
     out = [Aligned(inliers) for inliers, _ in found]
     covers = [
         frame_cover(query.grey.shape, keypoints.shape, matrix)
@@ -213,23 +215,30 @@ def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(candidate, matrix, (w, h), flags=flags).astype(np.float32)
     full = np.full(candidate.shape, 255, np.uint8)
-    mask = cv2.warpAffine(full, matrix, (w, h), flags=cv2.INTER_NEAREST | flags) > 0
-    if mask.sum() < 200:
-        return Aligned(inliers, cover=float(mask.mean()))
+    covered = np.asarray(
+        cv2.warpAffine(full, matrix, (w, h), flags=cv2.INTER_NEAREST | flags), np.uint8
+    )
+    count = int(cv2.countNonZero(covered))
+    if count < 200:
+        return Aligned(inliers, cover=count / (h * w))
+    mask = covered > 0
     a, b = query.grey[mask], warped[mask]
-    blocks, agree = block_correlations(query, warped, mask)
+    blocks, agree = block_correlations(query, warped, covered)
     detail = warped - cv2.blur(warped, (3, 3))
-    enough = len(blocks) >= 4
+    median, upper = np.percentile(blocks, (50, 75)) if len(blocks) >= 4 else (0.0, 0.0)
+    difference = a - b
+    content = np.count_nonzero(query.content & mask) / max(int(np.count_nonzero(query.content)), 1)
     return Aligned(
         inliers,
-        cover=float(mask.mean()),
+        cover=count / (h * w),
         whole=correlation(a, b),
-        block_median=float(np.median(blocks)) if enough else 0.0,
-        block_upper=float(np.percentile(blocks, 75)) if enough else 0.0,
-        spread=float(np.abs((a - a.mean()) - (b - b.mean())).mean()),
-        difference=float(np.abs(a - b).mean()),
+        block_median=float(median),
+        block_upper=float(upper),
+        # Each overlap less its mean: the difference less the difference of the means.
+        spread=float(np.abs(difference - difference.mean()).mean()),
+        difference=float(np.abs(difference).mean()),
         detail=correlation(query.detail[mask], detail[mask]),
-        content=float((query.content & mask).sum() / max(int(query.content.sum()), 1)),
+        content=float(content),
         agree=agree,
         margin=frame_margin(query.grey.shape, candidate.shape, matrix),
     )
@@ -248,15 +257,22 @@ def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
 
 
 def block_correlations(
-    query: Query, warped: NDArray[np.float32], mask: NDArray[np.bool_]
+    query: Query, warped: NDArray[np.float32], covered: NDArray[np.uint8]
 ) -> tuple[NDArray[np.float32], float]:
     """The correlations of the query's blocks with the aligned candidate's where the candidate
-    covers them (>= 90 %) and neither is flat; and the share of the query's textured blocks
-    that correlate >= 0.5."""
-    qt, wt, covered = query.blocks, tiles(warped), tiles(mask).mean(axis=1) >= 0.9
-    keep = covered & query.textured & (wt.std(axis=1) >= FLAT)
-    qa = qt[keep] - qt[keep].mean(axis=1, keepdims=True)
-    wa = wt[keep] - wt[keep].mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(qa, axis=1) * np.linalg.norm(wa, axis=1) + 1e-6
+    covers them (`covered`: its warped frame, 0 outside; >= 90 % of a block) and neither is
+    flat; and the share of the query's textured blocks that correlate >= 0.5."""
+    rows, cols = covered.shape[0] // BLOCK, covered.shape[1] // BLOCK
+    inside = (covered[: rows * BLOCK, : cols * BLOCK] > 0).astype(np.float32)
+    # The share of each block covered: INTER_AREA at a whole factor averages each block.
+    shares = cv2.resize(inside, (cols, rows), interpolation=cv2.INTER_AREA).reshape(-1)
+    keep = (shares >= 0.9) & query.textured
+    qt, wt = query.blocks[keep], tiles(warped)[keep]
+    wa = wt - wt.mean(axis=1, keepdims=True)
+    wnorm = np.linalg.norm(wa, axis=1)
+    flat = wnorm < FLAT * np.sqrt(BLOCK * BLOCK)  # std < FLAT
+    qa = qt[~flat] - qt[~flat].mean(axis=1, keepdims=True)
+    wa, wnorm = wa[~flat], wnorm[~flat]
+    norms = np.linalg.norm(qa, axis=1) * wnorm + 1e-6
     out: NDArray[np.float32] = (qa * wa).sum(axis=1) / norms
     return out, float((out >= 0.5).sum() / max(int(query.textured.sum()), 1))

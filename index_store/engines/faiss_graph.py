@@ -22,8 +22,8 @@ exact from the store. How the defaults were chosen: BENCHMARKS.md ("Index scale"
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from index_store.engines.graph import Candidates, GraphEngine, GraphSettings
 from index_store.engines.projection import Projection, shares_of
 from index_store.engines.slots import SlotMap
+from index_store.openmp import one_omp_thread
 
 log = structlog.get_logger(__name__)
 
@@ -242,14 +243,3 @@ class _LiveBits:
 
     def selector(self) -> Any:
         return faiss.IDSelectorBitmap(self.bits.size, faiss.swig_ptr(self.bits))
-
-
-@contextmanager
-def one_omp_thread() -> Iterator[None]:
-    """Run faiss on the calling thread only (OpenMP's thread count is per calling thread)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)

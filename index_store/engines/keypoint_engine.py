@@ -21,10 +21,10 @@ from typing import Self
 import faiss
 
 from index_store.engines.engine import Effort, Hit, Vectors, ranked, require_distinct
-from index_store.engines.faiss_graph import one_omp_thread
 from index_store.engines.slots import SlotEngine, SlotMap
 from index_store.keypoint_votes import NEIGHBOURS, Descriptors, KeypointVotes, Votes
 from index_store.keypoints import MAGIC, descriptors_of, split
+from index_store.openmp import one_omp_thread
 
 VOTES_FILE = "votes.faissbin"
 TRAINED_FILE = "trained.json"
