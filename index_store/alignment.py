@@ -76,8 +76,8 @@ class Aligned:
 
 
 def matched(query: Keypoints, candidate: Keypoints) -> Pairs:
-    """Ratio-tested nearest descriptor pairs (faiss's Hamming k-NN: the same pairs as
-    OpenCV's brute-force matcher, without a Python object per match)."""
+    """Ratio-tested nearest descriptor pairs (faiss's Hamming k-NN: the two nearest
+    distances OpenCV's brute-force matcher finds, without a Python object per match)."""
     if len(candidate) < 2 or len(query) < 2:
         return []
     distances, nearest = faiss.knn_hamming(query.descriptors, candidate.descriptors, 2)
