@@ -7,6 +7,10 @@
    count how many agree. A copy is its original cropped, turned, scaled, padded, recoloured or
    partly covered: all of that keeps one similarity transform; a picture that merely looks
    alike has no transform most of its pairs agree on.
+   Before pixels are compared, the transform is refined on the pixels themselves (`refined`):
+   keypoints sit a pixel or more off on a coarse pyramid level and many pairs are nearly right,
+   so RANSAC's transform can be a degree or a few pixels off, which spoils the comparison of
+   fine detail and small blocks (tests/test_alignment_refined.py).
 3. The candidate's grey copy warped into the query's frame and compared: how much of the
    query, and of its content (padding and flat bars are not content), it covers; the
    correlation of the whole overlap; correlations of 16 px blocks (a caption or a logo spoils
@@ -50,6 +54,10 @@ BLOCK = 16
 FLAT = 5.0  # grey-level std under which a block is flat
 CONTENT = 4.0  # grey-level std of a 7 x 7 neighbourhood under which a pixel is not content
 MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
+# Refinement: at half size (enough for a fraction of a pixel at full size), a few steps; a
+# refined transform moving a query corner further than this from RANSAC's is not a refinement.
+REFINE_STEPS = 5
+REFINE_REACH = 2 * REPROJECTION
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ class Query:
     content: NDArray[np.bool_]  # pixels whose 7 x 7 neighbourhood is not flat
     blocks: NDArray[np.float32]  # BLOCK x BLOCK tiles, one per row
     textured: NDArray[np.bool_]  # which blocks are not flat
+    half: NDArray[np.uint8]  # the grey copy at half size, for refining transforms
 
 
 def prepare(keypoints: Keypoints) -> Query:
@@ -127,7 +136,9 @@ def prepare(keypoints: Keypoints) -> Query:
     content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= CONTENT
     blocks = tiles(q)
     detail = q - cv2.blur(q, (3, 3))
-    return Query(keypoints, q, detail, content, blocks, blocks.std(axis=1) >= FLAT)
+    textured = blocks.std(axis=1) >= FLAT
+    half = np.asarray(cv2.pyrDown(keypoints.grey), np.uint8)
+    return Query(keypoints, q, detail, content, blocks, textured, half)
 
 
 def align(query: Query, candidate: Keypoints, pairs: Pairs | None = None) -> Aligned:
@@ -171,7 +182,8 @@ def align_all(
     for i in sorted(worth, key=lambda i: (-found[i][0], i))[:compare]:
         inliers, matrix = found[i]
         assert matrix is not None  # covers nothing without one
-        out[i] = compared(query, candidates[i][0].grey, matrix, inliers)
+        grey = candidates[i][0].grey
+        out[i] = compared(query, grey, refined(query, grey, matrix), inliers)
         if enough is not None and enough(i, out[i]):
             break
     return out
@@ -207,6 +219,27 @@ def _candidate_frame(candidate_shape: tuple[int, int], matrix: Matrix) -> NDArra
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], np.float64)
     return (corners @ inverse[:, :2].T + inverse[:, 2]).astype(np.float32)
+
+
+def refined(query: Query, candidate: NDArray[np.uint8], matrix: Matrix) -> Matrix:
+    """`matrix` refined to align the pixels (OpenCV's ECC: the warp that maximises their
+    correlation, climbed from `matrix`, at half size); `matrix` itself when that fails or
+    moves a query corner more than REFINE_REACH (it found another alignment, not this one)."""
+    half = matrix.astype(np.float32)
+    half[:, 2] /= 2  # both images at half size: the same turn and scale, half the shift
+    steps = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, REFINE_STEPS, 1e-4)
+    small = np.asarray(cv2.pyrDown(candidate), np.uint8)
+    every = np.full(small.shape, 255, np.uint8)  # ECC compares where this lands, warped
+    try:
+        _, found = cv2.findTransformECC(query.half, small, half, cv2.MOTION_AFFINE, steps, every, 1)
+    except cv2.error:  # no correlation to climb (flat, or hardly overlapping)
+        return matrix
+    out = np.asarray(found, np.float64)
+    out[:, 2] *= 2
+    qh, qw = query.grey.shape
+    corners = np.array([[0, 0, 1], [qw, 0, 1], [qw, qh, 1], [0, qh, 1]], np.float64)
+    moved = np.linalg.norm(corners @ (out - matrix).T, axis=1).max()
+    return out if moved <= REFINE_REACH else matrix
 
 
 def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers: int) -> Aligned:

@@ -44,9 +44,6 @@ log = structlog.get_logger(__name__)
 VOTED = 40  # candidates by keypoint votes
 HASHED = 10  # candidates by the copy feature's codes
 COMPARED = 50  # candidates (most inliers) whose pixels are compared
-# Comparisons stop at a candidate this near (a copy beyond doubt): the rest, with fewer inliers,
-# keep their unverified distance.
-SURE = 0.1
 # A mirrored query is verified only when nothing was and its best candidate has this many times
 # the votes of the unmirrored query's best (a mirrored copy's mirror votes like a copy; any other
 # picture's mirror votes as little as the picture).
@@ -142,8 +139,8 @@ class CopyVerifier:
     ) -> list[Examined]:
         """What verification found of each candidate (`voted`: the query's votes, asked here
         if not given). Pixels are compared, most inliers first, until `sure_of` candidates are
-        SURE (None: all are compared, as fitting a scorer needs); the rest keep their inliers
-        only, and rank after those."""
+        copies beyond doubt (within the scorer's own threshold; None: all are compared, as
+        fitting a scorer needs); the rest keep their inliers only, and rank after those."""
         excluded = set(excluded)
         if voted is None:
             voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
@@ -156,10 +153,11 @@ class CopyVerifier:
         no_votes = Voted(0.0, [])
 
         sure = 0  # candidates compared so far that are copies beyond doubt
+        beyond_doubt = self._scorer.max_distance
 
         def enough(n: int, found: alignment.Aligned) -> bool:
             nonlocal sure
-            sure += self.distance(Examined(candidates[n], found, distances[n])) <= SURE
+            sure += self.distance(Examined(candidates[n], found, distances[n])) <= beyond_doubt
             return sure_of is not None and sure >= sure_of
 
         aligned = alignment.align_all(
