@@ -16,7 +16,6 @@ threshold), and the search time.
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 import cv2
 import faiss
 import numpy as np
-from PIL import Image
 
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.decode import decode_image
@@ -33,17 +31,11 @@ from index_store.copy_scorer import CopyScorer
 from index_store.engines.factory import EngineFactory
 from index_store.feature_index import FeatureIndex
 from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
-from lookalike.samples import photo
+from lookalike.samples import jpeg, photo
 
 GALLERY = ("astronaut", "coffee", "rocket", "chelsea", "camera", "brick", "clock")
 CROPS = 10  # per photograph
 SEED = 5
-
-
-def jpeg(img: Image.Image) -> bytes:
-    out = io.BytesIO()
-    img.convert("RGB").save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def crop_boxes(count: int, seed: int) -> list[tuple[float, float, float, float]]:
