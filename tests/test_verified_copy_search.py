@@ -7,17 +7,21 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from numpy.typing import NDArray
 from PIL import Image
 
 from consumers.features import copy_keypoints
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.contract import FeatureSpec
+from consumers.indexer.copy_verification import PROBE_STEP
 from consumers.indexer.query import QueryEngine
 from index_store import feature_index
 from index_store.engines.factory import EngineFactory
 from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.feature_index import FeatureIndex
+from index_store.keypoint_votes import Votes
 from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
 from index_store.metric import Metric
 from lookalike.samples import photo
@@ -112,6 +116,32 @@ def test_a_query_verified_as_a_copy_never_describes_its_mirror(
     # A picture that verifies as nothing is looked for through its mirror too.
     engine.answer(SearchRequest(feature="keypoints", image=jpeg(photo(STRANGER)), k=1))
     assert described == [False, False, True]
+
+
+def test_a_strangers_mirror_is_voted_by_a_few_of_its_descriptors_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = filled(tmp_path)
+    voters: list[int] = []  # descriptors per vote
+    votes = KeypointEngine.votes
+
+    def counted(self: KeypointEngine, query: NDArray[np.uint8], neighbours: int = 16) -> Votes:
+        voters.append(len(query))
+        return votes(self, query, neighbours)
+
+    monkeypatch.setattr(KeypointEngine, "votes", counted)
+    grass = jpeg(photo("grass"))  # never indexed; its mirror's few vote weakly
+    reply = engine.answer(SearchRequest(feature="keypoints", image=grass, k=1))
+    assert reply.ok and all(h.verdict is Verdict.UNRELATED for h in reply.hits)
+    # The picture's own vote, then its mirror's few: this stranger's mirror is no likelier.
+    assert len(voters) == 2 and voters[1] <= voters[0] // PROBE_STEP + 1
+    # A mirrored crop's few vote strongly: its mirror then votes with all it has.
+    voters.clear()
+    crop = cropped(photo("chelsea"), (0.1, 0.1, 0.85, 0.9)).transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT
+    )
+    engine.answer(SearchRequest(feature="keypoints", image=jpeg(crop), k=1))
+    assert len(voters) == 3 and voters[2] > voters[1]
 
 
 def test_fused_search_calls_a_verified_crop_a_copy(tmp_path: Path) -> None:

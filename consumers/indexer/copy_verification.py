@@ -12,7 +12,8 @@ The `keypoints` feature's search. For a query's packed keypoints (which carry it
    carry), and its distance is 1 - the scorer's probability of a copy: at most the scorer's
    threshold's distance (the feature's alert threshold) says "copy".
 A mirrored copy has other keypoints: when the query comes with its mirror's and nothing
-verified as a copy, the mirror's votes are asked; when they are much stronger, the mirror is
+verified as a copy, the mirror's votes are asked (a few of its descriptors' first, all of them
+only when those few are strong); when they are much stronger per descriptor, the mirror is
 verified too (nearest of both kept).
 
 Blocking (alignment is CPU work): callers run it in a worker thread.
@@ -36,6 +37,7 @@ from index_store.copy_scorer import CopyScorer
 from index_store.engines.engine import Engine, Hit, ranked
 from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.feature_index import FeatureIndex, Neighbour
+from index_store.keypoint_votes import Descriptors
 from index_store.keypoints import BadKeypoints, Keypoints, unpack
 from index_store.metric import Metric
 
@@ -45,9 +47,14 @@ VOTED = 40  # candidates by keypoint votes
 HASHED = 10  # candidates by the copy feature's codes
 COMPARED = 50  # candidates (most inliers) whose pixels are compared
 # A mirrored query is verified only when nothing was and its best candidate has this many times
-# the votes of the unmirrored query's best (a mirrored copy's mirror votes like a copy; any other
+# the votes (per descriptor) of the unmirrored query's best (a mirrored copy's mirror votes like a copy; any other
 # picture's mirror votes as little as the picture).
 MIRROR_VOTES = 1.5
+# The mirror is asked first with every PROBE_STEP-th of its descriptors (a vote costs what its
+# descriptors do), and with all of them only when those few, counted per descriptor, come
+# within PROBE_SLACK of what MIRROR_VOTES asks: most mirrors vote as little as any stranger.
+PROBE_STEP = 3
+PROBE_SLACK = 0.5
 COPY = "copy"
 CODE_BYTES = copy_signature.CODE_BITS // 8
 
@@ -113,14 +120,26 @@ class CopyVerifier:
                 query = unpack(queries[n])
             except BadKeypoints as exc:
                 raise ValueError(f"query keypoints: {exc}") from exc
-            voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
-            top = max((v.weight for v in voted.values()), default=0.0)
+            if n and not self._worth_voting(query, excluded, most_votes):
+                break  # the mirror is no likelier: it is not tried
+            voted = self._votes(query.descriptors, excluded)
+            top = max((v.weight for v in voted.values()), default=0.0) / max(len(query), 1)
             if n and top < MIRROR_VOTES * most_votes:
                 break  # the mirror is no likelier: it is not tried
             most_votes = max(most_votes, top)
             for e in self.examine(query, voted, excluded, sure_of=k):
                 best[e.image_id] = min(self.distance(e), best.get(e.image_id, 1.0))
         return ranked(best.items(), k, max_distance)
+
+    def _worth_voting(self, mirror: Keypoints, excluded: set[str], most_votes: float) -> bool:
+        """Whether a few of the mirror's descriptors vote (per descriptor) about as strongly as
+        MIRROR_VOTES asks of all of them (`most_votes`: the query's best, per descriptor)."""
+        few = mirror.descriptors[::PROBE_STEP]
+        if not len(few):
+            return False
+        voted = self._votes(few, excluded)
+        top = max((v.weight for v in voted.values()), default=0.0) / len(few)
+        return top >= PROBE_SLACK * MIRROR_VOTES * most_votes
 
     def neighbours(
         self, queries: Sequence[bytes], k: int, max_distance: float | None, exclude: Iterable[str]
@@ -143,7 +162,7 @@ class CopyVerifier:
         fitting a scorer needs); the rest keep their inliers only, and rank after those."""
         excluded = set(excluded)
         if voted is None:
-            voted = self._keypoints.consult(partial(votes_of, query=query, excluded=excluded))
+            voted = self._votes(query.descriptors, excluded)
         codes = codes_of(query)
         hashed = self._hashed(codes, excluded)
         candidates = [i for i in dict.fromkeys([*voted, *hashed]) if i not in excluded]
@@ -172,6 +191,11 @@ class CopyVerifier:
         """The candidate's verified distance: 1 - the scorer's probability of a copy."""
         return copy_scorer.distance(float(self._scorer.score(examined.evidence[None])[0]))
 
+    def _votes(self, descriptors: Descriptors, excluded: set[str]) -> dict[str, Voted]:
+        return self._keypoints.consult(
+            partial(votes_of, descriptors=descriptors, excluded=excluded)
+        )
+
     def _hashed(self, codes: list[bytes], excluded: set[str]) -> list[str]:
         """The copy feature's nearest to the query's codes."""
         if self._copy is None or not codes:
@@ -193,12 +217,12 @@ class CopyVerifier:
         return out
 
 
-def votes_of(engine: Engine, query: Keypoints, excluded: set[str]) -> dict[str, Voted]:
-    """The VOTED images (not `excluded`) with most votes for `query`, and the pairs that
-    voted."""
+def votes_of(engine: Engine, descriptors: Descriptors, excluded: set[str]) -> dict[str, Voted]:
+    """The VOTED images (not `excluded`) with most votes for a query's `descriptors`, and the
+    pairs that voted."""
     if not isinstance(engine, KeypointEngine):
         raise TypeError(f"the keypoints index is served by {type(engine).__name__}")
-    votes = engine.votes(query.descriptors)
+    votes = engine.votes(descriptors)
     out: dict[str, Voted] = {}
     for image_id, weight in engine.voted(votes, VOTED + len(excluded)):
         slot = engine.slot_of(image_id)
