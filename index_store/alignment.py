@@ -10,7 +10,8 @@
    Before pixels are compared, the transform is refined on the pixels themselves (`refined`):
    keypoints sit a pixel or more off on a coarse pyramid level and many pairs are nearly right,
    so RANSAC's transform can be a degree or a few pixels off, which spoils the comparison of
-   fine detail and small blocks (tests/test_alignment_refined.py).
+   fine detail and small blocks (tests/test_alignment_refined.py); unless a great many pairs
+   agree (REFINE_BELOW), which pins it down.
 3. The candidate's grey copy warped into the query's frame and compared: how much of the
    query, and of its content (padding and flat bars are not content), it covers; the
    correlation of the whole overlap; correlations of 16 px blocks (a caption or a logo spoils
@@ -58,6 +59,9 @@ MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
 # refined transform moving a query corner further than this from RANSAC's is not a refinement.
 REFINE_STEPS = 5
 REFINE_REACH = 2 * REPROJECTION
+# From this many inliers RANSAC's transform is precise enough as it is: refining it changed no
+# answer on bench/copy_refine.py's sets and cost a refinement per query (BENCHMARKS.md).
+REFINE_BELOW = 150
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,9 @@ def align_all(
         inliers, matrix = found[i]
         assert matrix is not None  # covers nothing without one
         grey = candidates[i][0].grey
-        out[i] = compared(query, grey, refined(query, grey, matrix), inliers)
+        if inliers < REFINE_BELOW:
+            matrix = refined(query, grey, matrix)
+        out[i] = compared(query, grey, matrix, inliers)
         if enough is not None and enough(i, out[i]):
             break
     return out

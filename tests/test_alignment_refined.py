@@ -4,9 +4,11 @@ a degree or a few pixels off spoils the comparison; a refinement never wanders o
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from consumers.features import copy_keypoints
+from index_store import alignment
 from index_store.alignment import REFINE_REACH, Matrix, compared, prepare, refined
 from index_store.keypoints import Keypoints, pack, unpack
 from lookalike.samples import photo
@@ -65,3 +67,23 @@ def test_a_refinement_that_would_move_far_keeps_the_transform_it_was_given() -> 
     other = grey_of(photo("astronaut"))  # another picture: wherever ECC goes, not this far
     result = refined(prepare(query), other.grey, truth)
     assert corner_error(result, truth, query.grey.shape) <= REFINE_REACH
+
+
+def test_only_a_transform_few_pairs_agree_on_is_refined(monkeypatch: pytest.MonkeyPatch) -> None:
+    query, candidate, _ = crop_and_truth((60, 40, 540, 360))
+    refinements: list[Matrix] = []
+
+    def counted(q: alignment.Query, grey: np.ndarray, matrix: Matrix) -> Matrix:
+        refinements.append(matrix)
+        return refined(q, grey, matrix)
+
+    monkeypatch.setattr(alignment, "refined", counted)
+    many = alignment.align(prepare(query), candidate).inliers
+    assert many >= 50
+    refinements.clear()
+    monkeypatch.setattr(alignment, "REFINE_BELOW", many)
+    assert alignment.align(prepare(query), candidate).inliers == many
+    assert refinements == []  # as many pairs as REFINE_BELOW: compared as RANSAC found it
+    monkeypatch.setattr(alignment, "REFINE_BELOW", many + 1)
+    assert alignment.align(prepare(query), candidate).block_median > 0.9
+    assert len(refinements) == 1

@@ -47,8 +47,8 @@ VOTED = 40  # candidates by keypoint votes
 HASHED = 10  # candidates by the copy feature's codes
 COMPARED = 50  # candidates (most inliers) whose pixels are compared
 # A mirrored query is verified only when nothing was and its best candidate has this many times
-# the votes (per descriptor) of the unmirrored query's best (a mirrored copy's mirror votes like a copy; any other
-# picture's mirror votes as little as the picture).
+# the votes (per descriptor) of the unmirrored query's best (a mirrored copy's mirror votes like
+# a copy; any other picture's mirror votes as little as the picture).
 MIRROR_VOTES = 1.5
 # The mirror is asked first with every PROBE_STEP-th of its descriptors (a vote costs what its
 # descriptors do), and with all of them only when those few, counted per descriptor, come
