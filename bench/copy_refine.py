@@ -9,8 +9,9 @@ agree (the transform can be a degree off), less so when many do. This runs the p
 verified search (consumers/indexer/copy_verification.py, on bench/copy_set.py's set, as
 bench/copy_verify.py does) once per value of alignment.REFINE_BELOW (transforms with at least
 that many inliers are compared as RANSAC found them; 10^9: every one refined, the way before
-it existed), the values taking turns on every query (in alternating order), so that this
-machine's slow and fast spells fall on each alike. Printed per value: recall@1 by content on
+it existed), the values taking turns on every query, each first as often as the others (the
+first search of a query finds its candidates' records colder), so that this machine's slow
+and fast spells fall on each alike. Printed per value: recall@1 by content on
 each half, the held-out verdicts at the shipped threshold (right, wrong, and "copy" said of
 non-copies), refinements per query and the search time.
 """
@@ -71,7 +72,7 @@ def main() -> None:
         verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
         try:
             for n, packed in enumerate(queries):
-                for value in values if n % 2 == 0 else values[::-1]:
+                for value in values[n % len(values) :] + values[: n % len(values)]:
                     alignment.REFINE_BELOW = value
 
                     def counted(*args: object, value: int = value) -> alignment.Matrix:

@@ -59,8 +59,8 @@ MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
 # refined transform moving a query corner further than this from RANSAC's is not a refinement.
 REFINE_STEPS = 5
 REFINE_REACH = 2 * REPROJECTION
-# From this many inliers RANSAC's transform is precise enough as it is: refining it changed no
-# answer on bench/copy_refine.py's sets and cost a refinement per query (BENCHMARKS.md).
+# From this many inliers RANSAC's transform is precise enough as it is: not refining it changed
+# no answer on bench/copy_refine.py's sets (fewer lost answers: BENCHMARKS.md).
 REFINE_BELOW = 150
 
 
