@@ -1,15 +1,15 @@
 """Which transforms are worth refining on the pixels before comparison (issue 15).
 
     .venv/bin/python -m bench.copy_refine                      # 2,000 originals, seed 2026
-    .venv/bin/python -m bench.copy_refine --below 1000000000,100,50 --seed 7
+    .venv/bin/python -m bench.copy_refine --below 1000000000,100 --seed 7
 
 Before a candidate's pixels are compared, the transform RANSAC found from keypoint pairs is
 refined on the pixels (index_store/alignment.refined, OpenCV's ECC): worth it when few pairs
 agree (the transform can be a degree off), less so when many do. This runs the product's
 verified search (consumers/indexer/copy_verification.py, on bench/copy_set.py's set, as
 bench/copy_verify.py does) once per value of alignment.REFINE_BELOW (transforms with at least
-that many inliers are compared as RANSAC found them; 10^9: every one refined, the way before
-it existed), the values taking turns on every query, each first as often as the others (the
+that many inliers are compared as RANSAC found them; 10^9: every one refined, as the product
+does), the values taking turns on every query, each first as often as the others (the
 first search of a query finds its candidates' records colder), so that this machine's slow
 and fast spells fall on each alike. Printed per value: recall@1 by content on
 each half, the held-out verdicts at the shipped threshold (right, wrong, and "copy" said of
@@ -47,7 +47,7 @@ def main() -> None:
     add_set_options(parser)
     parser.add_argument(
         "--below",
-        default=f"1000000000,{alignment.REFINE_BELOW},50",
+        default="1000000000,150,100,50",
         help="values of alignment.REFINE_BELOW to compare, comma-separated",
     )
     args = parser.parse_args()

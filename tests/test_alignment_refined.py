@@ -69,7 +69,9 @@ def test_a_refinement_that_would_move_far_keeps_the_transform_it_was_given() -> 
     assert corner_error(result, truth, query.grey.shape) <= REFINE_REACH
 
 
-def test_only_a_transform_few_pairs_agree_on_is_refined(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_transform_as_many_pairs_agree_on_as_the_limit_is_not_refined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     query, candidate, _ = crop_and_truth((60, 40, 540, 360))
     refinements: list[Matrix] = []
 
