@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.copy_verify                 # the shipped scorer, 2,000 originals
     .venv/bin/python -m bench.copy_verify --fit           # fit it on the tuning half, save it
+    .venv/bin/python -m bench.copy_verify --fit-framed 2026,7  # frame alignments' weights
     .venv/bin/python -m bench.copy_verify --originals 10000
 
 The set is bench/copy_set.py's (seed 2026, 2,000 originals, 600 copies, 300 non-copies; right
@@ -20,6 +21,11 @@ half is judged by: a threshold picked where the tuning queries just reach a prec
 on either side of it on unseen ones. It saves index_store/copy_scorer.json, and the report
 that follows uses it.
 
+`--fit-framed SEEDS` fits the weights of frame alignments (candidates keypoints could not
+align, aligned from their frames: too few of them in one set's tuning half, so the tuning
+halves of several seeds' sets are pooled; the report is still seed 2026's held-out half, which
+none of them contains) and saves them beside the scorer's.
+
 Printed: recall@1 per kind of transform for `copy` alone (its nearest by code distance) and for
 the verified search, strictly and by content; the verdicts at the shipped threshold and at the
 one the tuning half would choose; query time by stage; stored bytes per image.
@@ -32,6 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -56,6 +63,7 @@ from lookalike.samples import jpeg
 Floats = NDArray[np.float64]
 Hits = list[tuple[str, float]]  # (gallery number, distance), nearest first
 STAGES = ("describe", "copy alone", "verified search")
+FRAMED_L2 = 0.1  # few rows: a firmer pull towards zero than the keypoint scorer's
 ASKED = 10  # hits a verified search asks for (SearchRequest's default k): enough to judge the
 # first, and comparisons stop once this many are sure copies
 
@@ -99,7 +107,8 @@ def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes
     for done, n in enumerate(tuning):
         answers = copies.by_content[n]
         for e in verifier.examine(unpack(queries[n][0]), sure_of=None):
-            rows.append((n, e.evidence, int(e.image_id) in answers))
+            if not e.aligned.framed:  # frame alignments have weights of their own
+                rows.append((n, e.evidence, int(e.image_id) in answers))
         if done % 100 == 0:
             print(f"  examined {done}/{len(tuning)}", flush=True)
     x = np.stack([r for _, r, _ in rows])
@@ -114,6 +123,41 @@ def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes
     return CopyScorer(weights, threshold, fitted_on)
 
 
+def framed_rows(copies: CopySet, verifier: CopyVerifier) -> tuple[Floats, Floats]:
+    """Evidence of every frame alignment of the tuning half's queries, and whether each is a
+    right answer."""
+    rows, right = [], []
+    for n in np.flatnonzero(copies.tuning):
+        query = KEYPOINTS.query_vectors(decode_image(copies.asked[n].data, max_pixels=10**8))
+        for e in verifier.examine(unpack(query[0]), sure_of=None):
+            if e.aligned.framed:
+                rows.append(e.evidence)
+                right.append(float(int(e.image_id) in copies.by_content[n]))
+    return np.array(rows).reshape(-1, len(copy_scorer.EVIDENCE)), np.array(right)
+
+
+def fitted_framed(scorer: CopyScorer, seeds: list[int], args: argparse.Namespace) -> CopyScorer:
+    """`scorer` with frame alignments' weights fitted on the tuning halves of the sets made
+    from `seeds` (few queries of one set need a frame alignment: several sets are pooled)."""
+    xs, ys = [], []
+    for seed in seeds:
+        copies = copy_set(args.originals, args.queries, seed, args.non_copies)
+        with tempfile.TemporaryDirectory() as tmp:
+            store = FeatureStore(Path(tmp))
+            indexes, _ = indexed(copies, store)
+            x, y = framed_rows(
+                copies, CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
+            )
+            store.close()
+        print(f"  seed {seed}: {len(y)} frame alignments, {int(y.sum())} right", flush=True)
+        xs.append(x)
+        ys.append(y)
+    weights = fit_logistic(np.concatenate(xs), np.concatenate(ys), l2=FRAMED_L2)
+    fitted_on = (f"python -m bench.copy_verify --fit-framed: seeds {seeds}, tuning halves, "
+                 f"{args.originals} originals")  # fmt: skip
+    return replace(scorer, framed_weights=weights, framed_fitted_on=fitted_on)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,6 +168,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--fit-precision", type=float, default=0.995, help="tuning-half precision of the fit"
+    )
+    parser.add_argument(
+        "--fit-framed",
+        metavar="SEEDS",
+        help="fit the frame alignments' weights on these sets' tuning halves (e.g. 2026,7), save",
     )
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
@@ -151,6 +200,10 @@ def main() -> None:
             scorer = fitted(verifier, copies, queries, args.fit_precision, fitted_on)
             scorer.save()
             print(f"scorer fitted and saved to {copy_scorer.WEIGHTS}", flush=True)
+        if args.fit_framed:
+            scorer = fitted_framed(scorer, [int(s) for s in args.fit_framed.split(",")], args)
+            scorer.save()
+            print(f"frame alignments' weights fitted, saved to {copy_scorer.WEIGHTS}", flush=True)
         verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
         depth = max(len(r) for r in copies.by_content) + 1  # a wrong one past every right one
         hashed: list[Hits] = []

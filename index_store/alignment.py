@@ -25,7 +25,7 @@ candidate) is the scorer's business.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import faiss
@@ -62,6 +62,11 @@ REFINE_REACH = 2 * REPROJECTION
 # more saved 0.4 ms of a 45 ms search and cost a plain crop its copy verdict (bench/
 # copy_refine.py, BENCHMARKS.md; tests/test_verified_copy_search.py).
 REFINE_BELOW = 10**9
+# Candidates keypoints cannot align (fewer than POOR on either side) are aligned from frames:
+# the whole frame and centred windows (as the copy codes' views), then ECC for FRAME_STEPS.
+POOR = 40
+FRAMES = (1.0, 0.85, 0.75)
+FRAME_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Aligned:
     # negative when a corner lies outside. An original contains all its copy shows; a sibling
     # that merely overlaps it cuts through its frame, often by a few pixels only.
     margin: float = -MARGIN_LIMIT
+    framed: bool = False  # aligned from frames (`framed`), not by keypoint pairs
 
     @property
     def aligned(self) -> bool:
@@ -193,6 +199,41 @@ def align_all(
         if enough is not None and enough(i, out[i]):
             break
     return out
+
+
+def framed(query: Query, candidate: Keypoints) -> Aligned:
+    """Align a candidate that keypoints cannot (either side has too few: a flat picture, or a
+    logo's keypoints over one) from its frame: the query's frame laid over the candidate's
+    whole frame or its centred FRAMES windows (as the copy codes' views), the guess whose
+    pixels correlate best refined on the pixels (`refined`'s ECC, FRAME_STEPS steps), then
+    compared (no inliers: no pair agreed). An Aligned with no comparison when ECC finds no
+    alignment."""
+    qh, qw = query.half.shape
+    small = np.asarray(cv2.pyrDown(candidate.grey), np.uint8)
+    ch, cw = small.shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    best, guess = -2.0, None
+    for keep in FRAMES:  # at half size: query (x, y) -> candidate's window
+        half = np.array(
+            [[cw * keep / qw, 0, cw * (1 - keep) / 2], [0, ch * keep / qh, ch * (1 - keep) / 2]],
+            np.float32,
+        )
+        warped = cv2.warpAffine(small, half, (qw, qh), flags=flags).astype(np.float32)
+        found = correlation(query.half.astype(np.float32).ravel(), warped.ravel())
+        if found > best:
+            best, guess = found, half
+    assert guess is not None
+    steps = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, FRAME_STEPS, 1e-4)
+    every = np.full(small.shape, 255, np.uint8)
+    try:
+        _, found_warp = cv2.findTransformECC(
+            query.half, small, guess, cv2.MOTION_AFFINE, steps, every, 1
+        )
+    except cv2.error:  # flat, or nothing to climb
+        return Aligned(0)
+    matrix = np.asarray(found_warp, np.float64)
+    matrix[:, 2] *= 2
+    return replace(compared(query, candidate.grey, matrix, 0), framed=True)
 
 
 def frame_cover(

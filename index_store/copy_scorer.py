@@ -6,7 +6,9 @@ the vote index holds, so a scorer fitted at one size would misjudge another): th
 highest-scored candidate is the answer, and a score of at least the threshold makes it a
 copy. Weights and threshold are fitted on the tuning half of bench/copy_set.py's set by
 `python -m bench.copy_verify --fit` (threshold: the lowest with precision >= 0.99 there)
-and shipped as copy_scorer.json; the held-out half is what BENCHMARKS.md reports.
+and shipped as copy_scorer.json; the held-out half is what BENCHMARKS.md reports. Candidates
+aligned from their frames alone (alignment.framed) have weights of their own
+(`--fit-framed`), and are never called copies.
 """
 
 from __future__ import annotations
@@ -57,13 +59,21 @@ def evidence(a: Aligned, hash_distance: float) -> Floats:
 
 @dataclass(frozen=True)
 class CopyScorer:
+    """Weights for candidates aligned by keypoint pairs, and (optionally) their own for those
+    aligned from frames alone (alignment.framed: no pair agreed). A frame alignment ranks its
+    candidate by its own weights but never makes it a copy: it is the guess that correlated
+    best, fitted on few rows; without its weights the candidate counts as not aligned."""
+
     weights: Floats  # one per EVIDENCE
     threshold: float  # a score at least this says "copy"
     fitted_on: str = ""  # what the weights were fitted on
+    framed_weights: Floats | None = None  # one per EVIDENCE, for frame alignments
+    framed_fitted_on: str = ""
 
     def __post_init__(self) -> None:
-        if self.weights.shape != (len(EVIDENCE),):
-            raise ValueError(f"{self.weights.shape[0]} weights for {len(EVIDENCE)} numbers")
+        for weights in (self.weights, self.framed_weights):
+            if weights is not None and weights.shape != (len(EVIDENCE),):
+                raise ValueError(f"{weights.shape[0]} weights for {len(EVIDENCE)} numbers")
 
     @property
     def max_distance(self) -> float:
@@ -71,17 +81,30 @@ class CopyScorer:
         return distance(self.threshold)
 
     def score(self, rows: Floats) -> Floats:
-        """Scores of evidence rows (n, len(EVIDENCE))."""
+        """Scores of evidence rows (n, len(EVIDENCE)) of keypoint alignments."""
         out: Floats = rows @ self.weights
         return out
 
+    def distance_of(self, aligned: Aligned, hash_distance: float) -> float:
+        """A candidate's distance: 1 - the probability of a copy (a frame alignment's: no
+        nearer than just past the threshold)."""
+        if not aligned.framed:
+            return distance(float(self.score(evidence(aligned, hash_distance)[None])[0]))
+        if self.framed_weights is None:
+            return self.distance_of(Aligned(0), hash_distance)
+        found = distance(float(evidence(aligned, hash_distance) @ self.framed_weights))
+        return max(found, float(np.nextafter(self.max_distance, 1.0)))
+
     def save(self, path: Path = WEIGHTS) -> None:
-        document = {
+        document: dict[str, object] = {
             "evidence": list(EVIDENCE),
             "weights": [float(w) for w in self.weights],
             "threshold": self.threshold,
             "fitted_on": self.fitted_on,
         }
+        if self.framed_weights is not None:
+            document["framed_weights"] = [float(w) for w in self.framed_weights]
+            document["framed_fitted_on"] = self.framed_fitted_on
         path.write_text(json.dumps(document, indent=2) + "\n")
 
     @classmethod
@@ -90,7 +113,14 @@ class CopyScorer:
         if tuple(document["evidence"]) != EVIDENCE:
             raise ValueError(f"{path} weighs {document['evidence']}, this build {list(EVIDENCE)}")
         weights = np.array(document["weights"], dtype=np.float64)
-        return cls(weights, float(document["threshold"]), str(document.get("fitted_on", "")))
+        framed = document.get("framed_weights")
+        return cls(
+            weights,
+            float(document["threshold"]),
+            str(document.get("fitted_on", "")),
+            None if framed is None else np.array(framed, dtype=np.float64),
+            str(document.get("framed_fitted_on", "")),
+        )
 
 
 def distance(score: float) -> float:

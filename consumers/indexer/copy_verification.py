@@ -8,9 +8,13 @@ The `keypoints` feature's search. For a query's packed keypoints (which carry it
    compared; pixels for the COMPARED with most inliers among those whose aligned frame covers
    the query about as far as the best-covering one), its packed keypoints read from the store
    of record;
+   When none is surely a copy, the FRAMED nearest by copy codes that keypoints could not align
+   (too few on either side: a flat picture, a logo's keypoints over one) are aligned from
+   their frames (alignment.framed);
 3. each scored (index_store/copy_scorer.py: alignment, and the distance of the copy codes both
    carry), and its distance is 1 - the scorer's probability of a copy: at most the scorer's
-   threshold's distance (the feature's alert threshold) says "copy".
+   threshold's distance (the feature's alert threshold) says "copy" (never for a frame
+   alignment: it ranks its candidate only).
 A mirrored copy has other keypoints: when the query comes with its mirror's and nothing
 verified as a copy, the mirror's votes are asked (a few of its descriptors' first, all of them
 only when those few are strong); when they are much stronger per descriptor, the mirror is
@@ -46,6 +50,7 @@ log = structlog.get_logger(__name__)
 VOTED = 40  # candidates by keypoint votes
 HASHED = 10  # candidates by the copy feature's codes
 COMPARED = 50  # candidates (most inliers) whose pixels are compared
+FRAMED = 3  # candidates keypoints could not align, nearest by copy codes, aligned from frames
 # A mirrored query is verified only when nothing was and its best candidate has this many times
 # the votes (per descriptor) of the unmirrored query's best (a mirrored copy's mirror votes like
 # a copy; any other picture's mirror votes as little as the picture).
@@ -179,17 +184,26 @@ class CopyVerifier:
             sure += self.distance(Examined(candidates[n], found, distances[n])) <= beyond_doubt
             return sure_of is not None and sure >= sure_of
 
+        prepared = alignment.prepare(query)
         aligned = alignment.align_all(
-            alignment.prepare(query),
+            prepared,
             [(stored[i], voted.get(i, no_votes).pairs or None) for i in candidates],
             COMPARED,
             enough=enough,
         )
+        if not sure:  # nothing surely a copy: align the nearest that keypoints could not
+            poor = [
+                n
+                for n, i in enumerate(candidates)
+                if not aligned[n].cover and min(len(query), len(stored[i])) < alignment.POOR
+            ]
+            for n in sorted(poor, key=lambda n: (distances[n], n))[:FRAMED]:
+                aligned[n] = alignment.framed(prepared, stored[candidates[n]])
         return [Examined(i, a, d) for i, a, d in zip(candidates, aligned, distances, strict=True)]
 
     def distance(self, examined: Examined) -> float:
         """The candidate's verified distance: 1 - the scorer's probability of a copy."""
-        return copy_scorer.distance(float(self._scorer.score(examined.evidence[None])[0]))
+        return self._scorer.distance_of(examined.aligned, examined.hash_distance)
 
     def _votes(self, descriptors: Descriptors, excluded: set[str]) -> dict[str, Voted]:
         return self._keypoints.consult(
