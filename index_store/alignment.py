@@ -212,6 +212,7 @@ def framed(query: Query, candidate: Keypoints) -> Aligned:
     small = np.asarray(cv2.pyrDown(candidate.grey), np.uint8)
     ch, cw = small.shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    pixels = query.half.astype(np.float32).ravel()
     best, guess = -2.0, None
     for keep in FRAMES:  # at half size: query (x, y) -> candidate's window
         half = np.array(
@@ -219,7 +220,7 @@ def framed(query: Query, candidate: Keypoints) -> Aligned:
             np.float32,
         )
         warped = cv2.warpAffine(small, half, (qw, qh), flags=flags).astype(np.float32)
-        found = correlation(query.half.astype(np.float32).ravel(), warped.ravel())
+        found = correlation(pixels, warped.ravel())
         if found > best:
             best, guess = found, half
     assert guess is not None
