@@ -333,6 +333,8 @@ def correlation(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
 def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
     """`a` cut into BLOCK x BLOCK tiles (the ragged edge dropped), one row per tile."""
     rows, cols = a.shape[0] // BLOCK, a.shape[1] // BLOCK
+    if not rows or not cols:  # narrower than a block
+        return np.zeros((0, BLOCK * BLOCK), np.float32)
     cut = a[: rows * BLOCK, : cols * BLOCK].astype(np.float32)
     return cut.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
 
@@ -344,6 +346,8 @@ def block_correlations(
     covers them (`covered`: its warped frame, 0 outside; >= 90 % of a block) and neither is
     flat; and the share of the query's textured blocks that correlate >= 0.5."""
     rows, cols = covered.shape[0] // BLOCK, covered.shape[1] // BLOCK
+    if not rows or not cols:  # narrower than a block: no blocks to compare
+        return np.zeros(0, np.float32), 0.0
     inside = (covered[: rows * BLOCK, : cols * BLOCK] > 0).astype(np.float32)
     # The share of each block covered: INTER_AREA at a whole factor averages each block.
     shares = cv2.resize(inside, (cols, rows), interpolation=cv2.INTER_AREA).reshape(-1)

@@ -15,7 +15,7 @@ from PIL import Image
 from consumers.features import copy_keypoints
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.contract import FeatureSpec
-from consumers.indexer.copy_verification import PROBE_STEP
+from consumers.indexer.copy_verification import PROBE_STEP, CopyVerifier
 from consumers.indexer.query import QueryEngine
 from index_store import feature_index
 from index_store.engines.factory import EngineFactory
@@ -229,3 +229,32 @@ def test_a_chunked_fill_trains_the_votes_for_everything_and_a_restored_engine_gr
     again.apply([upsert(KEYPOINTS, "coins")], {"t/0": 2})
     query = KEYPOINTS.query_vectors(cropped(photo("coins"), (0.1, 0.1, 0.9, 0.9)))[:1]
     assert [n.image_id for n in again.search(query, 1)] == ["b/coins"]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (600, 10), (10, 600)])
+def test_a_query_too_small_for_keypoints_is_answered_and_called_no_copy(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    engine, _ = filled(tmp_path)
+    tiny = jpeg(photo("coffee").resize(size))
+    for feature in ("keypoints", "all"):
+        reply = engine.answer(SearchRequest(feature=feature, image=tiny, k=3))
+        assert reply.ok, reply.error
+        assert all(h.verdict is not Verdict.COPY for h in reply.hits)
+
+
+def test_a_request_that_meets_a_bug_alone_gets_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = filled(tmp_path)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(CopyVerifier, "search", broken)
+    crop = jpeg(cropped(photo("rocket"), (0.1, 0.1, 0.9, 0.9)))
+    failed = engine.answer(SearchRequest(feature="keypoints", image=crop, k=3))
+    assert not failed.ok and failed.error_code is SearchErrorCode.INTERNAL
+    assert "RuntimeError" in (failed.error or "")
+    answered = engine.answer(SearchRequest(feature="copy", image=crop, k=3))
+    assert answered.ok and answered.hits[0].image_id == "b/rocket"

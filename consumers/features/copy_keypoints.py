@@ -56,8 +56,11 @@ def describe(
     `codes` (its copy codes)."""
     framed = border_trim.framings(img)[-1] if trim else img
     grey = grey_copy(framed)
-    orb = cv2.ORB.create(nfeatures=keypoints, edgeThreshold=EDGE, fastThreshold=FAST_THRESHOLD)
-    found, descriptors = orb.detectAndCompute(grey, None)
+    found: Sequence[cv2.KeyPoint] = ()
+    descriptors: cv2.typing.MatLike | None = None
+    if min(grey.shape) > 2 * EDGE:  # else no keypoint can lie EDGE px inside (and ORB fails)
+        orb = cv2.ORB.create(nfeatures=keypoints, edgeThreshold=EDGE, fastThreshold=FAST_THRESHOLD)
+        found, descriptors = orb.detectAndCompute(grey, None)
     if descriptors is None or not found:
         empty_points = np.zeros((0, 2), np.float32)
         return Keypoints(empty_points, np.zeros((0, DESCRIPTOR_BYTES), np.uint8), grey, codes)

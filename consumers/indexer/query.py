@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 
+import structlog
 from PIL import Image
 
 from consumers.features.contract import FeatureSpec
@@ -27,6 +28,8 @@ from schemas.search import (
     Verdict,
 )
 from schemas.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 class QueryError(Exception):
@@ -72,8 +75,12 @@ class QueryEngine:
                 query_vector=queries[0] if request.image_id is not None else None,
             )
         except QueryError as exc:
-            reply = error_reply(request.feature, exc.code, str(exc)).model_copy(
-                update={"partitions": self.partitions, "partition_count": self.partition_count}
+            reply = self._shard_reply(error_reply(request.feature, exc.code, str(exc)))
+        except Exception as exc:  # a bug met by one request: it alone is answered with an error
+            log.exception("search.failed", feature=request.feature, error=repr(exc))
+            message = f"the indexer failed on this request ({type(exc).__name__}); see its log"
+            reply = self._shard_reply(
+                error_reply(request.feature, SearchErrorCode.INTERNAL, message)
             )
         return self._timed(request, started, reply)
 
