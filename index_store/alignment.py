@@ -134,21 +134,21 @@ class Query:
     keypoints: Keypoints
     grey: NDArray[np.float32]
     detail: NDArray[np.float32]  # the grey copy less its 3 x 3 blur
-    content: NDArray[np.bool_]  # pixels whose 7 x 7 neighbourhood is not flat
-    blocks: NDArray[np.float32]  # BLOCK x BLOCK tiles, one per row
-    textured: NDArray[np.bool_]  # which blocks are not flat
+    content: NDArray[np.uint8]  # 255 where a pixel's 7 x 7 neighbourhood is not flat
+    content_pixels: int
+    blocks: Blocks  # its BLOCK x BLOCK tiles
     half: NDArray[np.uint8]  # the grey copy at half size, for refining transforms
 
 
 def prepare(keypoints: Keypoints) -> Query:
     q = keypoints.grey.astype(np.float32)
     mean = cv2.blur(q, (7, 7))
-    content = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= CONTENT
-    blocks = tiles(q)
+    textured = np.sqrt(np.maximum(cv2.blur(q * q, (7, 7)) - mean * mean, 0)) >= CONTENT
+    content = textured.astype(np.uint8) * 255
     detail = q - cv2.blur(q, (3, 3))
-    textured = blocks.std(axis=1) >= FLAT
     half = np.asarray(cv2.pyrDown(keypoints.grey), np.uint8)
-    return Query(keypoints, q, detail, content, blocks, textured, half)
+    pixels = int(np.count_nonzero(content))
+    return Query(keypoints, q, detail, content, pixels, Blocks.of(q), half)
 
 
 def align(query: Query, candidate: Keypoints, pairs: Pairs | None = None) -> Aligned:
@@ -305,21 +305,21 @@ def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers
     mask = covered > 0
     a, b = query.grey[mask], warped[mask]
     blocks, agree = block_correlations(query, warped, covered)
-    detail = warped - cv2.blur(warped, (3, 3))
-    median, upper = np.percentile(blocks, (50, 75)) if len(blocks) >= 4 else (0.0, 0.0)
+    median, upper = percentiles(blocks, (0.5, 0.75)) if len(blocks) >= 4 else (0.0, 0.0)
     difference = a - b
-    content = np.count_nonzero(query.content & mask) / max(int(np.count_nonzero(query.content)), 1)
+    detail = warped - cv2.blur(warped, (3, 3))
+    content = cv2.countNonZero(cv2.bitwise_and(query.content, covered))
     return Aligned(
         inliers,
         cover=count / (h * w),
         whole=correlation(a, b),
-        block_median=float(median),
-        block_upper=float(upper),
+        block_median=median,
+        block_upper=upper,
         # Each overlap less its mean: the difference less the difference of the means.
         spread=float(np.abs(difference - difference.mean()).mean()),
         difference=float(np.abs(difference).mean()),
         detail=correlation(query.detail[mask], detail[mask]),
-        content=float(content),
+        content=content / max(query.content_pixels, 1),
         agree=agree,
         margin=frame_margin(query.grey.shape, candidate.shape, matrix),
     )
@@ -327,37 +327,74 @@ def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers
 
 def correlation(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
     a0, b0 = a - a.mean(), b - b.mean()
-    return float(a0 @ b0 / (np.linalg.norm(a0) * np.linalg.norm(b0) + 1e-6))
+    return float(a0 @ b0 / (np.sqrt(float(a0 @ a0) * float(b0 @ b0)) + 1e-6))
 
 
-def tiles(a: NDArray[np.generic]) -> NDArray[np.float32]:
-    """`a` cut into BLOCK x BLOCK tiles (the ragged edge dropped), one row per tile."""
+def percentiles(values: NDArray[np.float64], shares: tuple[float, ...]) -> tuple[float, ...]:
+    """numpy's linear-interpolated percentiles (`shares` of 1), from one sort."""
+    ordered = np.sort(values)
+    out = []
+    for share in shares:
+        at = share * (len(ordered) - 1)
+        low = int(at)
+        high = min(low + 1, len(ordered) - 1)
+        out.append(float(ordered[low] + (ordered[high] - ordered[low]) * (at - low)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A query's BLOCK x BLOCK tiles (the ragged edge dropped), each's mean and the norm of its
+    pixels less that mean, row by row: what correlating them with a candidate's needs."""
+
+    pixels: NDArray[np.float64]  # the tiled part of the grey copy
+    means: NDArray[np.float64]  # one per tile, row-major
+    norms: NDArray[np.float64]
+    textured: NDArray[np.bool_]  # not flat
+
+    @classmethod
+    def of(cls, grey: NDArray[np.float32]) -> Blocks:
+        rows, cols = grey.shape[0] // BLOCK, grey.shape[1] // BLOCK
+        pixels = grey[: rows * BLOCK, : cols * BLOCK].astype(np.float64)
+        means, squares = block_means(pixels), block_means(pixels * pixels)
+        norms = np.sqrt(np.maximum(squares - means * means, 0.0) * BLOCK * BLOCK)
+        return cls(pixels, means, norms, norms >= FLAT * BLOCK)  # std >= FLAT
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of tiles."""
+        return self.pixels.shape[0] // BLOCK, self.pixels.shape[1] // BLOCK
+
+
+def block_means(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The mean of each BLOCK x BLOCK tile of `a` (whole tiles only), row-major: INTER_AREA
+    at a whole factor averages each tile."""
     rows, cols = a.shape[0] // BLOCK, a.shape[1] // BLOCK
     if not rows or not cols:  # narrower than a block
-        return np.zeros((0, BLOCK * BLOCK), np.float32)
-    cut = a[: rows * BLOCK, : cols * BLOCK].astype(np.float32)
-    return cut.reshape(rows, BLOCK, cols, BLOCK).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+        return np.zeros(0, np.float64)
+    cut = np.ascontiguousarray(a[: rows * BLOCK, : cols * BLOCK])
+    means = cv2.resize(cut, (cols, rows), interpolation=cv2.INTER_AREA)
+    return np.asarray(means, np.float64).reshape(-1)
 
 
 def block_correlations(
     query: Query, warped: NDArray[np.float32], covered: NDArray[np.uint8]
-) -> tuple[NDArray[np.float32], float]:
+) -> tuple[NDArray[np.float64], float]:
     """The correlations of the query's blocks with the aligned candidate's where the candidate
     covers them (`covered`: its warped frame, 0 outside; >= 90 % of a block) and neither is
-    flat; and the share of the query's textured blocks that correlate >= 0.5."""
-    rows, cols = covered.shape[0] // BLOCK, covered.shape[1] // BLOCK
+    flat; and the share of the query's textured blocks that correlate >= 0.5. From each
+    tile's sums (correlation = (mean of products - product of means) / the norms), not tile
+    by tile."""
+    blocks = query.blocks
+    rows, cols = blocks.shape
     if not rows or not cols:  # narrower than a block: no blocks to compare
-        return np.zeros(0, np.float32), 0.0
-    inside = (covered[: rows * BLOCK, : cols * BLOCK] > 0).astype(np.float32)
-    # The share of each block covered: INTER_AREA at a whole factor averages each block.
-    shares = cv2.resize(inside, (cols, rows), interpolation=cv2.INTER_AREA).reshape(-1)
-    keep = (shares >= 0.9) & query.textured
-    qt, wt = query.blocks[keep], tiles(warped)[keep]
-    wa = wt - wt.mean(axis=1, keepdims=True)
-    wnorm = np.linalg.norm(wa, axis=1)
-    flat = wnorm < FLAT * np.sqrt(BLOCK * BLOCK)  # std < FLAT
-    qa = qt[~flat] - qt[~flat].mean(axis=1, keepdims=True)
-    wa, wnorm = wa[~flat], wnorm[~flat]
-    norms = np.linalg.norm(qa, axis=1) * wnorm + 1e-6
-    out: NDArray[np.float32] = (qa * wa).sum(axis=1) / norms
-    return out, float((out >= 0.5).sum() / max(int(query.textured.sum()), 1))
+        return np.zeros(0, np.float64), 0.0
+    w = warped[: rows * BLOCK, : cols * BLOCK].astype(np.float64)
+    shares = block_means((covered[: rows * BLOCK, : cols * BLOCK] > 0).astype(np.float64))
+    means, squares = block_means(w), block_means(w * w)
+    norms = np.sqrt(np.maximum(squares - means * means, 0.0) * BLOCK * BLOCK)
+    keep = (shares >= 0.9) & blocks.textured & (norms >= FLAT * BLOCK)  # neither flat
+    products = block_means(blocks.pixels * w)[keep]
+    covariance = (products - blocks.means[keep] * means[keep]) * BLOCK * BLOCK
+    out: NDArray[np.float64] = covariance / (blocks.norms[keep] * norms[keep] + 1e-6)
+    return out, float((out >= 0.5).sum() / max(int(blocks.textured.sum()), 1))
