@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
+from index_store.image_blocks import Blocks
 from index_store.keypoints import Keypoints
 from index_store.openmp import one_omp_thread
 
@@ -50,8 +51,6 @@ COVER_SHARE = 0.8
 REPROJECTION = 5.0  # pixels on the grey copy
 RANSAC_SEED = 2026
 SCALES = (0.25, 4.0)  # a plausible transform scales by more than the first, less than the last
-BLOCK = 16
-FLAT = 5.0  # grey-level std under which a block is flat
 CONTENT = 4.0  # grey-level std of a 7 x 7 neighbourhood under which a pixel is not content
 MARGIN_LIMIT = 10.0  # pixels: a margin is told apart up to this far outside
 # Refinement: at half size (enough for a fraction of a pixel at full size), a few steps; a
@@ -136,7 +135,7 @@ class Query:
     detail: NDArray[np.float32]  # the grey copy less its 3 x 3 blur
     content: NDArray[np.uint8]  # 255 where a pixel's 7 x 7 neighbourhood is not flat
     content_pixels: int
-    blocks: Blocks  # its BLOCK x BLOCK tiles
+    blocks: Blocks  # its 16 px tiles
     half: NDArray[np.uint8]  # the grey copy at half size, for refining transforms
 
 
@@ -224,16 +223,9 @@ def framed(query: Query, candidate: Keypoints) -> Aligned:
         if found > best:
             best, guess = found, half
     assert guess is not None
-    steps = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, FRAME_STEPS, 1e-4)
-    every = np.full(small.shape, 255, np.uint8)
-    try:
-        _, found_warp = cv2.findTransformECC(
-            query.half, small, guess, cv2.MOTION_AFFINE, steps, every, 1
-        )
-    except cv2.error:  # flat, or nothing to climb
+    matrix = climbed(query, small, guess, FRAME_STEPS)
+    if matrix is None:
         return Aligned(0)
-    matrix = np.asarray(found_warp, np.float64)
-    matrix[:, 2] *= 2
     return replace(compared(query, candidate.grey, matrix, 0), framed=True)
 
 
@@ -275,19 +267,32 @@ def refined(query: Query, candidate: NDArray[np.uint8], matrix: Matrix) -> Matri
     moves a query corner more than REFINE_REACH (it found another alignment, not this one)."""
     half = matrix.astype(np.float32)
     half[:, 2] /= 2  # both images at half size: the same turn and scale, half the shift
-    steps = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, REFINE_STEPS, 1e-4)
-    small = np.asarray(cv2.pyrDown(candidate), np.uint8)
-    every = np.full(small.shape, 255, np.uint8)  # ECC compares where this lands, warped
-    try:
-        _, found = cv2.findTransformECC(query.half, small, half, cv2.MOTION_AFFINE, steps, every, 1)
-    except cv2.error:  # no correlation to climb (flat, or hardly overlapping)
+    out = climbed(query, np.asarray(cv2.pyrDown(candidate), np.uint8), half, REFINE_STEPS)
+    if out is None:
         return matrix
-    out = np.asarray(found, np.float64)
-    out[:, 2] *= 2
     qh, qw = query.grey.shape
     corners = np.array([[0, 0, 1], [qw, 0, 1], [qw, qh, 1], [0, qh, 1]], np.float64)
     moved = np.linalg.norm(corners @ (out - matrix).T, axis=1).max()
     return out if moved <= REFINE_REACH else matrix
+
+
+def climbed(
+    query: Query, small: NDArray[np.uint8], guess: NDArray[np.float32], steps: int
+) -> Matrix | None:
+    """OpenCV's ECC at half size (`small`: the candidate's grey copy at half size; `guess`:
+    a half-size transform): the affine transform that maximises the pixels' correlation,
+    climbed from `guess` for at most `steps` steps, at full size; None when there is no
+    correlation to climb (flat, or hardly overlapping)."""
+    until = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, steps, 1e-4)
+    every = np.full(small.shape, 255, np.uint8)  # ECC compares where this lands, warped
+    affine = cv2.MOTION_AFFINE
+    try:
+        _, found = cv2.findTransformECC(query.half, small, guess, affine, until, every, 1)
+    except cv2.error:
+        return None
+    out = np.asarray(found, np.float64)
+    out[:, 2] *= 2
+    return out
 
 
 def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers: int) -> Aligned:
@@ -304,7 +309,7 @@ def compared(query: Query, candidate: NDArray[np.uint8], matrix: Matrix, inliers
         return Aligned(inliers, cover=count / (h * w))
     mask = covered > 0
     a, b = query.grey[mask], warped[mask]
-    blocks, agree = block_correlations(query, warped, covered)
+    blocks, agree = query.blocks.correlations(warped, covered)
     median, upper = percentiles(blocks, (0.5, 0.75)) if len(blocks) >= 4 else (0.0, 0.0)
     difference = a - b
     detail = warped - cv2.blur(warped, (3, 3))
@@ -340,61 +345,3 @@ def percentiles(values: NDArray[np.float64], shares: tuple[float, ...]) -> tuple
         high = min(low + 1, len(ordered) - 1)
         out.append(float(ordered[low] + (ordered[high] - ordered[low]) * (at - low)))
     return tuple(out)
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """A query's BLOCK x BLOCK tiles (the ragged edge dropped), each's mean and the norm of its
-    pixels less that mean, row by row: what correlating them with a candidate's needs."""
-
-    pixels: NDArray[np.float64]  # the tiled part of the grey copy
-    means: NDArray[np.float64]  # one per tile, row-major
-    norms: NDArray[np.float64]
-    textured: NDArray[np.bool_]  # not flat
-
-    @classmethod
-    def of(cls, grey: NDArray[np.float32]) -> Blocks:
-        rows, cols = grey.shape[0] // BLOCK, grey.shape[1] // BLOCK
-        pixels = grey[: rows * BLOCK, : cols * BLOCK].astype(np.float64)
-        means, squares = block_means(pixels), block_means(pixels * pixels)
-        norms = np.sqrt(np.maximum(squares - means * means, 0.0) * BLOCK * BLOCK)
-        return cls(pixels, means, norms, norms >= FLAT * BLOCK)  # std >= FLAT
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, columns) of tiles."""
-        return self.pixels.shape[0] // BLOCK, self.pixels.shape[1] // BLOCK
-
-
-def block_means(a: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The mean of each BLOCK x BLOCK tile of `a` (whole tiles only), row-major: INTER_AREA
-    at a whole factor averages each tile."""
-    rows, cols = a.shape[0] // BLOCK, a.shape[1] // BLOCK
-    if not rows or not cols:  # narrower than a block
-        return np.zeros(0, np.float64)
-    cut = np.ascontiguousarray(a[: rows * BLOCK, : cols * BLOCK])
-    means = cv2.resize(cut, (cols, rows), interpolation=cv2.INTER_AREA)
-    return np.asarray(means, np.float64).reshape(-1)
-
-
-def block_correlations(
-    query: Query, warped: NDArray[np.float32], covered: NDArray[np.uint8]
-) -> tuple[NDArray[np.float64], float]:
-    """The correlations of the query's blocks with the aligned candidate's where the candidate
-    covers them (`covered`: its warped frame, 0 outside; >= 90 % of a block) and neither is
-    flat; and the share of the query's textured blocks that correlate >= 0.5. From each
-    tile's sums (correlation = (mean of products - product of means) / the norms), not tile
-    by tile."""
-    blocks = query.blocks
-    rows, cols = blocks.shape
-    if not rows or not cols:  # narrower than a block: no blocks to compare
-        return np.zeros(0, np.float64), 0.0
-    w = warped[: rows * BLOCK, : cols * BLOCK].astype(np.float64)
-    shares = block_means((covered[: rows * BLOCK, : cols * BLOCK] > 0).astype(np.float64))
-    means, squares = block_means(w), block_means(w * w)
-    norms = np.sqrt(np.maximum(squares - means * means, 0.0) * BLOCK * BLOCK)
-    keep = (shares >= 0.9) & blocks.textured & (norms >= FLAT * BLOCK)  # neither flat
-    products = block_means(blocks.pixels * w)[keep]
-    covariance = (products - blocks.means[keep] * means[keep]) * BLOCK * BLOCK
-    out: NDArray[np.float64] = covariance / (blocks.norms[keep] * norms[keep] + 1e-6)
-    return out, float((out >= 0.5).sum() / max(int(blocks.textured.sum()), 1))
