@@ -2,22 +2,37 @@
 
 Searches run in worker threads beside one another and beside ingest; for small work (one
 vector, one query's descriptors against one image's) OpenMP's threads cost more to start and
-wake than the work, and only contend with the other workers."""
+wake than the work, and only contend with the other workers. A keypoint vote (a query's few
+hundred descriptors against every indexed image's) is worth two (VOTE_THREADS)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import faiss
 
+# A query's vote on two threads took about half the time of one at 2,000 and 10,000 images
+# (bench/vote_scale.py --threads 1,2; BENCHMARKS.md); more would take cores from concurrent
+# searches and ingest.
+VOTE_THREADS = min(2, os.cpu_count() or 1)
+
 
 @contextmanager
-def one_omp_thread() -> Iterator[None]:
-    """Run faiss on the calling thread only (OpenMP's thread count is per calling thread)."""
+def omp_threads(count: int) -> Iterator[None]:
+    """Run faiss on `count` OpenMP threads from the calling thread (OpenMP's thread count is
+    per calling thread)."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(count)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+@contextmanager
+def one_omp_thread() -> Iterator[None]:
+    """Run faiss on the calling thread only."""
+    with omp_threads(1):
+        yield

@@ -24,7 +24,7 @@ from index_store.engines.engine import Effort, Hit, Vectors, ranked, require_dis
 from index_store.engines.slots import SlotEngine, SlotMap
 from index_store.keypoint_votes import NEIGHBOURS, Descriptors, KeypointVotes, Votes
 from index_store.keypoints import MAGIC, descriptors_of, split
-from index_store.openmp import one_omp_thread
+from index_store.openmp import VOTE_THREADS, omp_threads
 
 VOTES_FILE = "votes.faissbin"
 TRAINED_FILE = "trained.json"
@@ -127,9 +127,9 @@ class KeypointEngine(SlotEngine):
 
     # --- what copy verification asks -----------------------------------------------------------
     def votes(self, query: Descriptors, neighbours: int = NEIGHBOURS) -> Votes:
-        """The query's votes, by slot (`voted` names the images). On the calling thread only:
-        searches run in worker threads beside others, where OpenMP's threads only contend."""
-        with one_omp_thread():
+        """The query's votes, by slot (`voted` names the images). On VOTE_THREADS OpenMP
+        threads (index_store/openmp.py)."""
+        with omp_threads(VOTE_THREADS):
             return self._votes.vote(query, neighbours)
 
     def voted(self, votes: Votes, most: int | None) -> list[tuple[str, float]]:
