@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     search_batch_max: int = Field(
         256, ge=1, description="search requests an indexer reads and answers per poll"
     )
+    # FastStream's batch subscriber waits this long for requests, and when none came sleeps as
+    # long again before it looks: a request that lands in that sleep waits it out. Its default
+    # (200 ms) made every fourth query of a user who asks now and then ~100 ms slower (bench/
+    # query_roundtrip.py --pause-ms); back-to-back queries come within one wait.
+    search_poll_ms: int = Field(
+        20, ge=1, description="how long an idle indexer waits for search requests per poll"
+    )
     fusion_rule: Literal["calibrated", "rrf"] = Field(
         "calibrated",
         description="how feature='all' ranks: distances over each feature's threshold, or "

@@ -105,6 +105,7 @@ def build_search_broker(
         max_partition_fetch_bytes=MAX_FETCH_BYTES,
         batch=True,
         max_records=settings.search_batch_max,
+        batch_timeout_ms=settings.search_poll_ms,
     )
     async def answer(message: KafkaMessage) -> None:
         records = message.raw_message
