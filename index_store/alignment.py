@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 
 from index_store.image_blocks import Blocks
 from index_store.keypoints import Keypoints
-from index_store.openmp import one_omp_thread
+from index_store.openmp import omp_threads
 
 Pairs = list[tuple[int, int]]  # (query keypoint, candidate keypoint)
 Matrix = NDArray[np.float64]  # 2 x 3: query coordinates -> candidate coordinates
@@ -169,7 +169,7 @@ def align_all(
     inliers, most first, and stop after one the caller finds `enough` (given its number and
     what was found: e.g. surely a copy)."""
     found: list[tuple[int, Matrix | None]] = []
-    with one_omp_thread():  # matching two images' descriptors is too small for more
+    with omp_threads(1):  # matching two images' descriptors is too small for more
         for keypoints, pairs in candidates:
             if pairs is None or len(pairs) < MIN_PAIRS:
                 pairs = matched(query.keypoints, keypoints)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import faiss
 
-# A query's vote on two threads took about half the time of one at 2,000 and 10,000 images
+# A query's vote on two threads took about half the time of one at 2,000 to 100,000 images
 # (bench/vote_scale.py --threads 1,2; BENCHMARKS.md); more would take cores from concurrent
 # searches and ingest.
 VOTE_THREADS = min(2, os.cpu_count() or 1)
@@ -29,10 +29,3 @@ def omp_threads(count: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-@contextmanager
-def one_omp_thread() -> Iterator[None]:
-    """Run faiss on the calling thread only."""
-    with omp_threads(1):
-        yield

@@ -165,8 +165,9 @@ class Settings(BaseSettings):
     )
     # FastStream's batch subscriber waits this long for requests, and when none came sleeps as
     # long again before it looks: a request that lands in that sleep waits it out. Its default
-    # (200 ms) made every fourth query of a user who asks now and then ~100 ms slower (bench/
-    # query_roundtrip.py --pause-ms); back-to-back queries come within one wait.
+    # (200 ms) took the mean round trip of queries asked now and then from 19 to ~50 ms, p99
+    # ~206 ms (bench/query_roundtrip.py --pause-ms 300); back-to-back queries come within one
+    # wait.
     search_poll_ms: int = Field(
         20, ge=1, description="how long an idle indexer waits for search requests per poll"
     )

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from index_store.engines.graph import Candidates, GraphEngine, GraphSettings
 from index_store.engines.projection import Projection, shares_of
 from index_store.engines.slots import SlotMap
-from index_store.openmp import one_omp_thread
+from index_store.openmp import omp_threads
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +188,7 @@ class FaissHnswEngine(GraphEngine):
         for image_id in image_ids:
             self.remove(image_id)
         first = self._slots.size
-        with nullcontext() if bulk else one_omp_thread():  # OpenMP for one vector costs more
+        with nullcontext() if bulk else omp_threads(1):  # OpenMP for one vector costs more
             self._index.add(values)
         for image_id in image_ids:
             self._slots.add(image_id)
@@ -210,7 +210,7 @@ class FaissHnswEngine(GraphEngine):
         if self._slots.dead:
             selector = self._live.selector()
             params.sel = selector
-        with one_omp_thread():
+        with omp_threads(1):
             scores, found = self._index.search(queries, count, params=params)
         del selector
         dists: NDArray[np.float32]
