@@ -52,7 +52,7 @@ from bench.copy_set import CopySet, add_set_options, copy_set
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.decode import decode_image
 from consumers.indexer.copy_verification import CopyVerifier
-from index_store import copy_scorer
+from index_store import copy_scorer, search_threads
 from index_store.copy_scorer import CopyScorer
 from index_store.engines.factory import EngineFactory
 from index_store.feature_index import FeatureIndex
@@ -62,7 +62,7 @@ from lookalike.samples import jpeg
 
 Floats = NDArray[np.float64]
 Hits = list[tuple[str, float]]  # (gallery number, distance), nearest first
-STAGES = ("describe", "copy alone", "verified search")
+STAGES = ("describe", "copy alone")
 FRAMED_L2 = 0.1  # few rows: a firmer pull towards zero than the keypoint scorer's
 ASKED = 10  # hits a verified search asks for (SearchRequest's default k): enough to judge the
 # first, and comparisons stop once this many are sure copies
@@ -170,6 +170,11 @@ def main() -> None:
         "--fit-precision", type=float, default=0.995, help="tuning-half precision of the fit"
     )
     parser.add_argument(
+        "--threads",
+        default=str(search_threads.THREADS),
+        help="compare threads of each search, e.g. 1,2: each query answered on each in turn",
+    )
+    parser.add_argument(
         "--fit-framed",
         metavar="SEEDS",
         help="fit the frame alignments' weights on these sets' tuning halves (e.g. 2026,7), save",
@@ -178,6 +183,7 @@ def main() -> None:
     faiss.omp_set_num_threads(1)
     cv2.setNumThreads(1)
     started = time.perf_counter()
+    product_threads = search_threads.THREADS
     copies = copy_set(args.originals, args.queries, args.seed, args.non_copies)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(Path(tmp))
@@ -186,10 +192,12 @@ def main() -> None:
         took: dict[str, list[float]] = {stage: [] for stage in STAGES}
         queries: list[Sequence[bytes]] = []
         codes: list[list[bytes]] = []
+        images = []
         for query in copies.asked:
             t0 = time.perf_counter()
             image = decode_image(query.data, max_pixels=10**8)
             queries.append(KEYPOINTS.query_vectors(image))
+            images.append(image)
             codes.append(list(COPY.query_vectors(image)))
             took["describe"].append(time.perf_counter() - t0)
         scorer = CopyScorer.load()
@@ -208,23 +216,36 @@ def main() -> None:
         depth = max(len(r) for r in copies.by_content) + 1  # a wrong one past every right one
         hashed: list[Hits] = []
         checked: list[Hits] = []
+        counts = [int(c) for c in args.threads.split(",")]
+        on_threads: dict[int, list[float]] = {c: [] for c in counts}
+        differ = 0  # queries whose answers depend on the thread count (none should)
         for n, (packed, code) in enumerate(zip(queries, codes, strict=True)):
             t0 = time.perf_counter()
             near = indexes[COPY.name].search(code, depth)
-            t1 = time.perf_counter()
-            hits = verifier.search(packed, ASKED)
-            t2 = time.perf_counter()
-            took["copy alone"].append(t1 - t0)
-            took["verified search"].append(t2 - t1)
+            took["copy alone"].append(time.perf_counter() - t0)
+            answers = []
+            for turn, count in enumerate(counts[n % len(counts) :] + counts[: n % len(counts)]):
+                search_threads.THREADS = count  # each count first in turn
+                if turn:  # described afresh: each search describes the mirror if it asks
+                    packed = KEYPOINTS.query_vectors(images[n])
+                    packed[0]
+                t1 = time.perf_counter()
+                answers.append(verifier.search(packed, ASKED))
+                on_threads[count].append(time.perf_counter() - t1)
+            differ += any(a != answers[0] for a in answers)
             hashed.append([(h.image_id, h.distance) for h in near])
-            checked.append(hits)
+            checked.append(answers[0])
             if n % 100 == 0:
                 print(f"  asked {n}/{len(queries)}", flush=True)
+        for count, seconds in on_threads.items():
+            took[f"verified search, {count} compare thread(s)"] = seconds
+        search_threads.THREADS = product_threads
         store.close()
     report(copies, hashed, checked, scorer, args.precision)
-    print("\nQuery time, one thread (describe: the query image's keypoints and copy codes; "
-          "its mirror's keypoints are described when the verified search asks for them, "
-          "and counted there):\n")  # fmt: skip
+    print("\nQuery time (describe: the query image's keypoints and copy codes; its mirror's "
+          "are described when the verified search asks for them, and counted there; the "
+          "verified search on each count of compare threads, each query on each count, each "
+          f"count first in turn; queries whose answers differed: {differ}):\n")  # fmt: skip
     print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")
     for stage, seconds in took.items():
         ms = 1000 * np.array(seconds)

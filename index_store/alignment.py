@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from index_store.image_blocks import Blocks
 from index_store.keypoints import Keypoints
 from index_store.openmp import omp_threads
+from index_store.search_threads import in_order
 
 Pairs = list[tuple[int, int]]  # (query keypoint, candidate keypoint)
 Matrix = NDArray[np.float64]  # 2 x 3: query coordinates -> candidate coordinates
@@ -165,9 +166,9 @@ def align_all(
     """Each candidate aligned (as `align`), its pixels compared only for the `compare` that
     most pairs agree with among those whose aligned frame covers at least COVER_SHARE of what
     the best-covering one covers, and the one most pairs agree with: a transform is cheap, a
-    comparison is not. Comparisons go by
-    inliers, most first, and stop after one the caller finds `enough` (given its number and
-    what was found: e.g. surely a copy)."""
+    comparison is not. Comparisons go by inliers, most first (two at a time:
+    index_store/search_threads.py), and stop after one the caller finds `enough` (given its
+    number and what was found: e.g. surely a copy)."""
     found: list[tuple[int, Matrix | None]] = []
     with omp_threads(1):  # matching two images' descriptors is too small for more
         for keypoints, pairs in candidates:
@@ -188,15 +189,18 @@ def align_all(
     most = max(range(len(found)), key=lambda i: found[i][0], default=None)
     if most is not None and covers[most] > 0:
         worth.add(most)
-    for i in sorted(worth, key=lambda i: (-found[i][0], i))[:compare]:
+
+    def aligned_pixels(i: int) -> Aligned:
         inliers, matrix = found[i]
         assert matrix is not None  # covers nothing without one
         grey = candidates[i][0].grey
         if inliers < REFINE_BELOW:
             matrix = refined(query, grey, matrix)
-        out[i] = compared(query, grey, matrix, inliers)
-        if enough is not None and enough(i, out[i]):
-            break
+        return compared(query, grey, matrix, inliers)
+
+    chosen = sorted(worth, key=lambda i: (-found[i][0], i))[:compare]
+    for i, aligned in zip(chosen, in_order(aligned_pixels, chosen, enough), strict=False):
+        out[i] = aligned
     return out
 
 

@@ -25,3 +25,13 @@ def test_a_service_runs_openblas_in_one_thread() -> None:
 
 def test_an_operators_openblas_threads_win() -> None:
     assert openblas_threads_seen_by_a_service(OPENBLAS_NUM_THREADS="2") == "2"
+
+
+def test_a_benchmark_loads_openblas_in_one_thread_too() -> None:
+    """A benchmark timing the product's code in its own process runs OpenBLAS as a service
+    does: no worker threads beside the main one (bench/__init__.py)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    show = "import bench.copy_verify, os; print(len(os.listdir('/proc/self/task')))"
+    done = subprocess.run([sys.executable, "-c", show], env=clean, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"  # threads of the process: the main one alone

@@ -145,8 +145,10 @@ class SearchServing:
 
     async def start(self, cluster_id: str | None) -> None:
         s = self._settings
-        # Replies within 2 ms of each other (a batch's) share a produce request.
-        self._replies = make_producer(s, linger_ms=2)
+        # No linger: a batch's replies are queued together (one gather) and leave together
+        # anyway, and a lone reply leaves at once instead of 2 ms later (BENCHMARKS.md
+        # "Stop 32": bench/query_roundtrip.py and bench/search_throughput.py).
+        self._replies = make_producer(s, linger_ms=0)
         await self._replies.start()
         self._broker = build_search_broker(
             s,

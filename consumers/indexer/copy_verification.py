@@ -44,6 +44,7 @@ from index_store.feature_index import FeatureIndex, Neighbour
 from index_store.keypoint_votes import Descriptors
 from index_store.keypoints import BadKeypoints, Keypoints, unpack
 from index_store.metric import Metric
+from index_store.search_threads import in_order
 
 log = structlog.get_logger(__name__)
 
@@ -197,8 +198,10 @@ class CopyVerifier:
                 for n, i in enumerate(candidates)
                 if not aligned[n].cover and min(len(query), len(stored[i])) < alignment.POOR
             ]
-            for n in sorted(poor, key=lambda n: (distances[n], n))[:FRAMED]:
-                aligned[n] = alignment.framed(prepared, stored[candidates[n]])
+            nearest = sorted(poor, key=lambda n: (distances[n], n))[:FRAMED]
+            framed = in_order(lambda n: alignment.framed(prepared, stored[candidates[n]]), nearest)
+            for n, found in zip(nearest, framed, strict=True):
+                aligned[n] = found
         return [Examined(i, a, d) for i, a, d in zip(candidates, aligned, distances, strict=True)]
 
     def distance(self, examined: Examined) -> float:
