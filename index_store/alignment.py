@@ -169,12 +169,21 @@ def align_all(
     comparison is not. Comparisons go by inliers, most first (two at a time:
     index_store/search_threads.py), and stop after one the caller finds `enough` (given its
     number and what was found: e.g. surely a copy)."""
-    found: list[tuple[int, Matrix | None]] = []
-    with omp_threads(1):  # matching two images' descriptors is too small for more
-        for keypoints, pairs in candidates:
-            if pairs is None or len(pairs) < MIN_PAIRS:
-                pairs = matched(query.keypoints, keypoints)
-            found.append(similarity(query.keypoints, keypoints, pairs))
+
+    def transforms(
+        part: Sequence[tuple[Keypoints, Pairs | None]],
+    ) -> list[tuple[int, Matrix | None]]:
+        out = []
+        with omp_threads(1):  # matching two images' descriptors is too small for more
+            for keypoints, pairs in part:
+                if pairs is None or len(pairs) < MIN_PAIRS:
+                    pairs = matched(query.keypoints, keypoints)
+                out.append(similarity(query.keypoints, keypoints, pairs))
+        return out
+
+    half = (len(candidates) + 1) // 2  # each half's transforms on a thread of its own
+    parts = in_order(transforms, [candidates[:half], candidates[half:]])
+    found = [transform for part in parts for transform in part]
     out = [Aligned(inliers) for inliers, _ in found]
     covers = [
         frame_cover(query.grey.shape, keypoints.shape, matrix)
