@@ -17,7 +17,7 @@ from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.contract import FeatureSpec
 from consumers.indexer.copy_verification import PROBE_STEP, CopyVerifier
 from consumers.indexer.query import QueryEngine
-from index_store import feature_index
+from index_store import feature_index, search_threads
 from index_store.engines.factory import EngineFactory
 from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.feature_index import FeatureIndex
@@ -258,3 +258,25 @@ def test_a_request_that_meets_a_bug_alone_gets_an_internal_error(
     assert "RuntimeError" in (failed.error or "")
     answered = engine.answer(SearchRequest(feature="copy", image=crop, k=3))
     assert answered.ok and answered.hits[0].image_id == "b/rocket"
+
+
+def test_two_candidates_compared_at_a_time_give_the_answers_of_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """index_store/search_threads.py: the same hits, distances and verdicts either way."""
+    engine, _ = filled(tmp_path)
+    queries = [
+        cropped(photo("rocket"), (0.1, 0.1, 0.9, 0.9)),
+        cropped(photo("chelsea"), (0.1, 0.1, 0.85, 0.9)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        cropped(photo("coffee"), (0.2, 0.05, 0.95, 0.8)),
+        photo(STRANGER),
+    ]
+    answers = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(search_threads, "THREADS", threads)
+        answers[threads] = [
+            engine.answer(SearchRequest(feature="keypoints", image=jpeg(q), k=5)).hits
+            for q in queries
+        ]
+    assert answers[1] == answers[2]
+    assert answers[2][0][0].image_id == "b/rocket"  # a real answer, not two empty ones
