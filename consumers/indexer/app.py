@@ -145,9 +145,10 @@ class SearchServing:
 
     async def start(self, cluster_id: str | None) -> None:
         s = self._settings
-        # No linger: a batch's replies are queued together (one gather) and leave together
-        # anyway, and a lone reply leaves at once instead of 2 ms later (BENCHMARKS.md
-        # "Stop 32": bench/query_roundtrip.py and bench/search_throughput.py).
+        # No linger: a lone reply leaves at once instead of 2 ms later, and a flood of
+        # requests is answered as fast (a batch's replies are queued in one go; aiokafka sends
+        # what queued while a send was in flight together): BENCHMARKS.md "Replies without a
+        # linger" (bench/query_roundtrip.py, bench/search_throughput.py).
         self._replies = make_producer(s, linger_ms=0)
         await self._replies.start()
         self._broker = build_search_broker(
