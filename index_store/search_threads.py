@@ -1,7 +1,7 @@
 """The threads one search's candidates are aligned and compared on.
 
-A verified search compares about ten candidates' pixels, each ~2 ms of OpenCV and numpy work
-that mostly runs without the GIL (warps, ECC, JPEG decoding, array arithmetic). On THREADS
+A verified search compares several candidates' pixels, each OpenCV and numpy work that mostly
+runs without the GIL (warps, ECC, JPEG decoding, array arithmetic). On THREADS
 threads two candidates are compared at once (and each half of the candidates' transforms
 found on one); the answers are the same (each candidate's work is its own, and what is done
 with the results is done in order by the caller: tests/test_verified_copy_search.py). The
