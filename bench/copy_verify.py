@@ -226,9 +226,8 @@ def main() -> None:
             answers = []
             for turn, count in enumerate(counts[n % len(counts) :] + counts[: n % len(counts)]):
                 search_threads.THREADS = count  # each count first in turn
-                if turn:  # described afresh: each search describes the mirror if it asks
+                if turn:  # afresh: every search describes its keypoints (and mirror's) itself
                     packed = KEYPOINTS.query_vectors(images[n])
-                    packed[0]
                 t1 = time.perf_counter()
                 answers.append(verifier.search(packed, ASKED))
                 on_threads[count].append(time.perf_counter() - t1)
@@ -242,8 +241,9 @@ def main() -> None:
         search_threads.THREADS = product_threads
         store.close()
     report(copies, hashed, checked, scorer, args.precision)
-    print("\nQuery time (describe: the query image's keypoints and copy codes; its mirror's "
-          "are described when the verified search asks for them, and counted there; the "
+    print("\nQuery time (describe: decoding the query, its copy codes and border trim; its "
+          "keypoints, and its mirror's when asked, are described in the verified search and "
+          "counted there; the "
           "verified search on each count of compare threads, each query on each count, each "
           f"count first in turn; queries whose answers differed: {differ}):\n")  # fmt: skip
     print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")

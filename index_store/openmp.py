@@ -7,16 +7,17 @@ hundred descriptors against every indexed image's) is worth two (VOTE_THREADS)."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import faiss
 
-# A query's vote on two threads took about half the time of one at 2,000 to 100,000 images
-# (bench/vote_scale.py --threads 1,2; BENCHMARKS.md); more would take cores from concurrent
-# searches and ingest.
-VOTE_THREADS = min(2, os.cpu_count() or 1)
+from index_store import search_threads
+
+# As many as a search's other work runs on (index_store/search_threads.py). A query's vote on
+# two threads took about half the time of one at 2,000 to 100,000 images (bench/vote_scale.py
+# --threads 1,2; BENCHMARKS.md); more would take cores from concurrent searches and ingest.
+VOTE_THREADS = search_threads.THREADS
 
 
 @contextmanager

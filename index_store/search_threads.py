@@ -19,7 +19,8 @@ from typing import TypeVar
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
-# Two: the dev VM's and the 2 cores; more would only queue behind one another.
+# Two: the dev VM's and the 2 cores; more would only queue behind one another. The
+# vote runs on as many OpenMP threads (index_store/openmp.VOTE_THREADS).
 THREADS = min(2, os.cpu_count() or 1)
 
 _pool: ThreadPoolExecutor | None = None
