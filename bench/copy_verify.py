@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.copy_verify                 # the shipped scorer, 2,000 originals
     .venv/bin/python -m bench.copy_verify --fit           # fit it on the tuning half, save it
+    .venv/bin/python -m bench.copy_verify --fit 2026,11,13  # on these sets' tuning halves
     .venv/bin/python -m bench.copy_verify --fit-framed 2026,7  # frame alignments' weights
     .venv/bin/python -m bench.copy_verify --originals 10000
 
@@ -18,8 +19,10 @@ run through the stack is bench/copy_detection.py; this one is faster, and it fit
 query's right answers), then picks the threshold: the lowest score whose verdicts keep
 precision >= `--fit-precision` (0.995) on the tuning half, stricter than the 0.99 the held-out
 half is judged by: a threshold picked where the tuning queries just reach a precision lands
-on either side of it on unseen ones. It saves index_store/copy_scorer.json, and the report
-that follows uses it.
+on either side of it on unseen ones. `--fit SEEDS` pools the tuning halves of several seeds'
+sets (more rare wrong verdicts to pick the threshold by; the held-out halves stay unseen).
+It saves index_store/copy_scorer.json (keeping the frame alignments' weights it had), and
+the report that follows uses it.
 
 `--fit-framed SEEDS` fits the weights of frame alignments (candidates keypoints could not
 align, aligned from their frames: too few of them in one set's tuning half, so the tuning
@@ -98,29 +101,61 @@ def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Flo
     return w
 
 
-def fitted(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes]],
-           precision: float, fitted_on: str) -> CopyScorer:  # fmt: skip
-    """Weights from every tuning query's examined candidates, then the lowest threshold with
-    `precision` on the tuning half (each query's answer: its top-scored candidate)."""
-    rows: list[tuple[int, Floats, bool]] = []  # (query, evidence, whether a right answer)
+Row = tuple[tuple[int, int], Floats, bool]  # ((seed, query), evidence, whether a right answer)
+
+
+def tuning_rows(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes]],
+                seed: int) -> list[Row]:  # fmt: skip
+    """Evidence of every keypoint alignment of the tuning half's queries (all candidates
+    examined), and whether each is one of its query's right answers."""
+    rows: list[Row] = []
     tuning = [int(n) for n in np.flatnonzero(copies.tuning)]
     for done, n in enumerate(tuning):
         answers = copies.by_content[n]
         for e in verifier.examine(unpack(queries[n][0]), sure_of=None):
             if not e.aligned.framed:  # frame alignments have weights of their own
-                rows.append((n, e.evidence, int(e.image_id) in answers))
+                rows.append(((seed, n), e.evidence, int(e.image_id) in answers))
         if done % 100 == 0:
-            print(f"  examined {done}/{len(tuning)}", flush=True)
+            print(f"  seed {seed}: examined {done}/{len(tuning)}", flush=True)
+    return rows
+
+
+def fitted(rows: list[Row], queries: list[tuple[int, int]], precision: float,
+           fitted_on: str) -> CopyScorer:  # fmt: skip
+    """Weights from the tuning queries' examined candidates (`rows`), then the lowest
+    threshold with `precision` over the tuning `queries` (each query's answer: its top-scored
+    candidate; a query with no row has none)."""
     x = np.stack([r for _, r, _ in rows])
     weights = fit_logistic(x, np.array([y for _, _, y in rows], np.float64))
-    top: dict[int, tuple[float, bool]] = {}  # query -> its top score, whether right
+    top: dict[tuple[int, int], tuple[float, bool]] = {}  # query -> its top score, whether right
     for (n, _, is_right), score in zip(rows, (x @ weights).tolist(), strict=True):
         if n not in top or score > top[n][0]:
             top[n] = (score, is_right)
-    best = np.array([top.get(n, (-np.inf, False))[0] for n in tuning])
-    correct = np.array([top.get(n, (0.0, False))[1] for n in tuning])
+    best = np.array([top.get(n, (-np.inf, False))[0] for n in queries])
+    correct = np.array([top.get(n, (0.0, False))[1] for n in queries])
     threshold = verdicts.threshold_for(best, correct, precision)
     return CopyScorer(weights, threshold, fitted_on)
+
+
+def other_tuning_rows(seeds: list[int], scorer: CopyScorer, args: argparse.Namespace
+                      ) -> tuple[list[Row], list[tuple[int, int]]]:  # fmt: skip
+    """`tuning_rows` of the sets made from `seeds` (each indexed in a store of its own), and
+    their tuning queries."""
+    rows: list[Row] = []
+    queries: list[tuple[int, int]] = []
+    for seed in seeds:
+        copies = copy_set(args.originals, args.queries, seed, args.non_copies)
+        packed = [
+            KEYPOINTS.query_vectors(decode_image(q.data, max_pixels=10**8)) for q in copies.asked
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            store = FeatureStore(Path(tmp))
+            indexes, _ = indexed(copies, store)
+            verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
+            rows += tuning_rows(verifier, copies, packed, seed)
+            store.close()
+        queries += [(seed, int(n)) for n in np.flatnonzero(copies.tuning)]
+    return rows, queries
 
 
 def framed_rows(copies: CopySet, verifier: CopyVerifier) -> tuple[Floats, Floats]:
@@ -164,7 +199,12 @@ def main() -> None:
     )
     add_set_options(parser)
     parser.add_argument(
-        "--fit", action="store_true", help=f"fit the scorer, save it as {copy_scorer.WEIGHTS.name}"
+        "--fit",
+        nargs="?",
+        const="",
+        metavar="SEEDS",
+        help=f"fit the scorer on these sets' tuning halves (e.g. 2026,11,13; alone: --seed's), "
+        f"save it as {copy_scorer.WEIGHTS.name}",
     )
     parser.add_argument(
         "--fit-precision", type=float, default=0.995, help="tuning-half precision of the fit"
@@ -201,11 +241,20 @@ def main() -> None:
             codes.append(list(COPY.query_vectors(image)))
             took["describe"].append(time.perf_counter() - t0)
         scorer = CopyScorer.load()
-        if args.fit:
-            fitted_on = (f"python -m bench.copy_verify --fit: seed {args.seed}, tuning half, "
+        if args.fit is not None:
+            seeds = [int(s) for s in args.fit.split(",")] if args.fit else [args.seed]
+            fitted_on = (f"python -m bench.copy_verify --fit: seeds {seeds}, tuning halves, "
                          f"{args.originals} originals, precision {args.fit_precision}")  # fmt: skip
             verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
-            scorer = fitted(verifier, copies, queries, args.fit_precision, fitted_on)
+            rows, tuned = other_tuning_rows([s for s in seeds if s != args.seed], scorer, args)
+            if args.seed in seeds:
+                rows += tuning_rows(verifier, copies, queries, args.seed)
+                tuned += [(args.seed, int(n)) for n in np.flatnonzero(copies.tuning)]
+            scorer = replace(
+                fitted(rows, tuned, args.fit_precision, fitted_on),
+                framed_weights=scorer.framed_weights,
+                framed_fitted_on=scorer.framed_fitted_on,
+            )
             scorer.save()
             print(f"scorer fitted and saved to {copy_scorer.WEIGHTS}", flush=True)
         if args.fit_framed:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageOps
 
-from consumers.features import phash
-from consumers.features.border_trim import border_box, framings, trim_borders
+from consumers.features import copy_keypoints, phash
+from consumers.features.border_trim import ADDED, FLAT, border_box, framings, trim_borders
 from consumers.features.decode import decode_image
 from lookalike.samples import jpeg, photo
 
@@ -60,3 +60,38 @@ def test_framings_keep_the_untrimmed_image_first(astronaut: Image.Image) -> None
     # The last border line at thumbnail scale goes too (it mixes border and picture).
     assert astronaut.width - 4 <= trimmed.width <= astronaut.width
     assert astronaut.height - 4 <= trimmed.height <= astronaut.height
+
+
+def test_the_added_rule_leaves_a_smooth_picture_whole() -> None:
+    # A blurred clock on a plain wall: the wall is within the flat rule's tolerance of one
+    # line for much of the picture, pass after pass; it is no border anyone added.
+    clock = decode_image(jpeg(photo("clock").crop((50, 20, 350, 250)), quality=60), draft=None)
+    left, top, right, bottom = border_box(clock, FLAT)
+    assert (right - left) * (bottom - top) < 0.8 * clock.width * clock.height
+    assert border_box(clock, ADDED) == (0, 0, clock.width, clock.height)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0), (30, 120, 200)])
+def test_the_added_rule_takes_a_pad_off_a_rough_jpeg(
+    astronaut: Image.Image, colour: tuple[int, int, int]
+) -> None:
+    # Quality 40 spreads a coloured pad's chroma; its grey stays flat.
+    padded = ImageOps.expand(astronaut, border=(60, 20, 40, 45), fill=colour)
+    left, top, right, bottom = border_box(decode_image(jpeg(padded, quality=40), draft=None), ADDED)
+    assert abs(left - 60) <= 4 and abs(top - 20) <= 4
+    assert abs(right - 460) <= 4 and abs(bottom - 320) <= 4
+
+
+def test_the_added_rule_takes_a_pad_around_a_frame_off(astronaut: Image.Image) -> None:
+    framed = ImageOps.expand(ImageOps.expand(astronaut, border=15, fill="black"), 40, "white")
+    left, top, right, bottom = border_box(framed, ADDED)
+    assert (left, top) >= (53, 53) and (right, bottom) <= (455, 355)
+
+
+def test_a_padded_keypoint_query_keeps_all_of_a_smooth_picture() -> None:
+    # What a padded copy of the clock shows is the whole clock: its query's frame has the
+    # original's shape, not a part of it that other crops of the wall also contain.
+    clock = photo("clock").crop((50, 20, 350, 250)).resize((480, 368))
+    padded = decode_image(jpeg(ImageOps.expand(clock, border=30, fill="black"), quality=60))
+    h, w = copy_keypoints.query(padded).shape
+    assert abs(w / h - 480 / 368) < 0.03

@@ -8,8 +8,9 @@ that they agree on one similarity transform and that the pixels it aligns match.
 
 An indexed image keeps INDEXED keypoints, a query looks for QUERY (as many: twice as many
 found no more copies on bench/copy_verify.py's tuning half and cost twice the votes). A query
-is border-trimmed first (border_trim), as the copy feature's hashes are: padding has no
-keypoints but moves everything else. Each carries the picture's copy codes (copy_signature: a
+is border-trimmed first (border_trim.ADDED: added borders only, not a picture's flat parts):
+padding has no keypoints but moves everything else, and the frame left says what the query
+shows. Each carries the picture's copy codes (copy_signature: a
 query's query codes), whose distance the copy scorer weighs too.
 """
 
@@ -54,7 +55,7 @@ def describe(
 ) -> Keypoints:
     """Up to `keypoints` ORB keypoints of `img` (borders trimmed first if `trim`), carrying
     `codes` (its copy codes)."""
-    framed = border_trim.framings(img)[-1] if trim else img
+    framed = border_trim.trim_borders(img, border_trim.ADDED) if trim else img
     grey = grey_copy(framed)
     found: Sequence[cv2.KeyPoint] = ()
     descriptors: cv2.typing.MatLike | None = None
@@ -85,7 +86,7 @@ def packed_query(img: Image.Image) -> OnDemand:
     a search asks for them. Borders are trimmed once: the mirror's are the trimmed query's,
     mirrored."""
     codes = b"".join(copy_signature.query_codes(img))
-    trimmed = border_trim.trim_borders(img)
+    trimmed = border_trim.trim_borders(img, border_trim.ADDED)
     return OnDemand(
         [partial(_packed_view, trimmed, codes), partial(_packed_view, trimmed, codes, True)]
     )
