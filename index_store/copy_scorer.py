@@ -4,9 +4,10 @@ The score is a logistic model of what alignment found (index_store/alignment.py)
 the candidate's copy codes are (not of keypoint votes: their number depends on how many images
 the vote index holds, so a scorer fitted at one size would misjudge another): the
 highest-scored candidate is the answer, and a score of at least the threshold makes it a
-copy. Weights and threshold are fitted on the tuning half of bench/copy_set.py's set by
-`python -m bench.copy_verify --fit` (threshold: the lowest with precision >= 0.99 there)
-and shipped as copy_scorer.json; the held-out half is what BENCHMARKS.md reports. Candidates
+copy. Weights and threshold are fitted on the tuning halves of bench/copy_set.py's sets by
+`python -m bench.copy_verify --fit SEEDS` (threshold: the lowest with precision >= 0.995
+there; `fitted_on` in copy_scorer.json says which) and shipped as copy_scorer.json; the
+held-out halves are what BENCHMARKS.md reports. Candidates
 aligned from their frames alone (alignment.framed) have weights of their own
 (`--fit-framed`), and are never called copies.
 """
