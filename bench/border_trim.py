@@ -14,8 +14,9 @@ shorter side; black, white or blue; in turn). For every rule, over every picture
 - padded, pad left: how much of the pad it left on the worst side;
 - padded, cut: how far it cut into the picture inside the pad.
 
-Printed: p50 / p90 of each and the share over 5 px, per rule, and over the pictures of each
-photograph whose plain cut is worst.
+Printed: p50 / p90 of each and the share over 5 px, per rule; the mean cut of plain pictures
+for the photographs the first rule cuts most; the share of padded pictures left with over 5 px
+of pad, by the pad's colour and the JPEG quality.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ RULES = {"FLAT (copy codes)": border_trim.FLAT, "ADDED (keypoint queries)": bord
 QUALITIES = (40, 60, 95)
 PADS = (0.04, 0.1, 0.2)
 COLOURS = ((0, 0, 0), (255, 255, 255), (30, 120, 200))
+PAD_NAMES = dict(zip(COLOURS, ("black", "white", "blue"), strict=True))
 GREY_SIDE = 320  # keypoint queries' grey copy: the unit of the distances printed
 OVER = 5.0
 
@@ -63,6 +65,7 @@ def main() -> None:
     assert len(names) == len(photographs())
     found: dict[str, dict[str, list[float]]] = {r: defaultdict(list) for r in RULES}
     by_photo: dict[str, dict[str, list[float]]] = {r: defaultdict(list) for r in RULES}
+    by_pad: dict[str, dict[str, list[float]]] = {r: defaultdict(list) for r in RULES}
     for n, original in enumerate(copies.gallery):
         quality = QUALITIES[n % 3]
         share, colour = PADS[(n // 3) % 3], COLOURS[(n // 9) % 3]
@@ -83,6 +86,7 @@ def main() -> None:
                 border_trim.border_box(padded, rule), inside, GREY_SIDE / max(padded.size)
             )
             found[name]["padded, pad left"].append(left_over)
+            by_pad[name][f"{PAD_NAMES[colour]}, quality {quality}"].append(left_over)
             found[name]["padded, cut"].append(cut)
     print(
         f"{len(copies.gallery)} originals of seed {args.seed}, each plain "
@@ -109,6 +113,13 @@ def main() -> None:
     for p in worst:
         cells = [f"{np.mean(by_photo[r][p]):.1f}" for r in RULES]
         print(f"| {p} | {len(by_photo[first][p])} | " + " | ".join(cells) + " |")
+
+    print(f"\nPadded pictures left with more than {OVER:g} px of pad, by pad and JPEG quality:\n")
+    print("| pad | pictures | " + " | ".join(RULES) + " |")
+    print("| --- | --- |" + " --- |" * len(RULES))
+    for pad_kind in sorted(by_pad[first]):
+        cells = [f"{np.mean(np.array(by_pad[r][pad_kind]) > OVER):.2f}" for r in RULES]
+        print(f"| {pad_kind} | {len(by_pad[first][pad_kind])} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
