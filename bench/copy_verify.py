@@ -101,13 +101,14 @@ def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Flo
     return w
 
 
-Row = tuple[tuple[int, int], Floats, bool]  # ((seed, query), evidence, whether a right answer)
+Asked = tuple[int, int]  # a query: (its set's seed, its number in the set)
+Row = tuple[Asked, Floats, bool]  # (query, a candidate's evidence, whether a right answer)
 
 
 def tuning_rows(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[bytes]],
-                seed: int) -> list[Row]:  # fmt: skip
+                seed: int) -> tuple[list[Row], list[Asked]]:  # fmt: skip
     """Evidence of every keypoint alignment of the tuning half's queries (all candidates
-    examined), and whether each is one of its query's right answers."""
+    examined) and whether each is one of its query's right answers; the tuning queries."""
     rows: list[Row] = []
     tuning = [int(n) for n in np.flatnonzero(copies.tuning)]
     for done, n in enumerate(tuning):
@@ -117,32 +118,31 @@ def tuning_rows(verifier: CopyVerifier, copies: CopySet, queries: list[Sequence[
                 rows.append(((seed, n), e.evidence, int(e.image_id) in answers))
         if done % 100 == 0:
             print(f"  seed {seed}: examined {done}/{len(tuning)}", flush=True)
-    return rows
+    return rows, [(seed, n) for n in tuning]
 
 
-def fitted(rows: list[Row], queries: list[tuple[int, int]], precision: float,
+def fitted(rows: list[Row], tuning: list[Asked], precision: float,
            fitted_on: str) -> CopyScorer:  # fmt: skip
     """Weights from the tuning queries' examined candidates (`rows`), then the lowest
-    threshold with `precision` over the tuning `queries` (each query's answer: its top-scored
+    threshold with `precision` over the `tuning` queries (each query's answer: its top-scored
     candidate; a query with no row has none)."""
     x = np.stack([r for _, r, _ in rows])
     weights = fit_logistic(x, np.array([y for _, _, y in rows], np.float64))
-    top: dict[tuple[int, int], tuple[float, bool]] = {}  # query -> its top score, whether right
+    top: dict[Asked, tuple[float, bool]] = {}  # query -> its top score, whether right
     for (n, _, is_right), score in zip(rows, (x @ weights).tolist(), strict=True):
         if n not in top or score > top[n][0]:
             top[n] = (score, is_right)
-    best = np.array([top.get(n, (-np.inf, False))[0] for n in queries])
-    correct = np.array([top.get(n, (0.0, False))[1] for n in queries])
+    best = np.array([top.get(n, (-np.inf, False))[0] for n in tuning])
+    correct = np.array([top.get(n, (0.0, False))[1] for n in tuning])
     threshold = verdicts.threshold_for(best, correct, precision)
     return CopyScorer(weights, threshold, fitted_on)
 
 
 def other_tuning_rows(seeds: list[int], scorer: CopyScorer, args: argparse.Namespace
-                      ) -> tuple[list[Row], list[tuple[int, int]]]:  # fmt: skip
-    """`tuning_rows` of the sets made from `seeds` (each indexed in a store of its own), and
-    their tuning queries."""
+                      ) -> tuple[list[Row], list[Asked]]:  # fmt: skip
+    """`tuning_rows` of the sets made from `seeds`, each indexed in a store of its own."""
     rows: list[Row] = []
-    queries: list[tuple[int, int]] = []
+    tuning: list[Asked] = []
     for seed in seeds:
         copies = copy_set(args.originals, args.queries, seed, args.non_copies)
         packed = [
@@ -152,10 +152,11 @@ def other_tuning_rows(seeds: list[int], scorer: CopyScorer, args: argparse.Names
             store = FeatureStore(Path(tmp))
             indexes, _ = indexed(copies, store)
             verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
-            rows += tuning_rows(verifier, copies, packed, seed)
+            more_rows, more_tuning = tuning_rows(verifier, copies, packed, seed)
             store.close()
-        queries += [(seed, int(n)) for n in np.flatnonzero(copies.tuning)]
-    return rows, queries
+        rows += more_rows
+        tuning += more_tuning
+    return rows, tuning
 
 
 def framed_rows(copies: CopySet, verifier: CopyVerifier) -> tuple[Floats, Floats]:
@@ -245,13 +246,13 @@ def main() -> None:
             seeds = [int(s) for s in args.fit.split(",")] if args.fit else [args.seed]
             fitted_on = (f"python -m bench.copy_verify --fit: seeds {seeds}, tuning halves, "
                          f"{args.originals} originals, precision {args.fit_precision}")  # fmt: skip
-            verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
-            rows, tuned = other_tuning_rows([s for s in seeds if s != args.seed], scorer, args)
-            if args.seed in seeds:
-                rows += tuning_rows(verifier, copies, queries, args.seed)
-                tuned += [(args.seed, int(n)) for n in np.flatnonzero(copies.tuning)]
+            rows, tuning = other_tuning_rows([s for s in seeds if s != args.seed], scorer, args)
+            if args.seed in seeds:  # this run's set, indexed already
+                verifier = CopyVerifier(indexes[KEYPOINTS.name], indexes[COPY.name], scorer)
+                these_rows, these_tuning = tuning_rows(verifier, copies, queries, args.seed)
+                rows, tuning = rows + these_rows, tuning + these_tuning
             scorer = replace(
-                fitted(rows, tuned, args.fit_precision, fitted_on),
+                fitted(rows, tuning, args.fit_precision, fitted_on),
                 framed_weights=scorer.framed_weights,
                 framed_fitted_on=scorer.framed_fitted_on,
             )
