@@ -278,7 +278,8 @@ def _fill(
     vectors: Iterable[tuple[str, bytes]],
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Insert many vectors (distinct ids, as the store holds them) in bulk."""
+    """Insert many vectors (distinct ids, as the store holds them) in bulk, then tell the
+    engine the fill is over (Engine.filled)."""
     ids: list[str] = []
     rows: list[bytes] = []
     done = 0
@@ -296,3 +297,4 @@ def _fill(
         done += len(ids)
         if progress is not None:
             progress(done)
+    engine.filled()

@@ -5,6 +5,7 @@ original with a `copy` verdict while a photograph that is not in the index gets 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,11 @@ from consumers.features.contract import FeatureSpec
 from consumers.indexer.copy_verification import PROBE_STEP, CopyVerifier
 from consumers.indexer.query import QueryEngine
 from index_store import feature_index, search_threads
+from index_store.engines import keypoint_engine
 from index_store.engines.factory import EngineFactory
 from index_store.engines.keypoint_engine import KeypointEngine
 from index_store.feature_index import FeatureIndex
-from index_store.keypoint_votes import Votes
+from index_store.keypoint_votes import Descriptors, KeypointVotes, Votes
 from index_store.lmdb_store import Delete, FeatureStore, ImageRecord, Upsert
 from index_store.metric import Metric
 from lookalike.samples import photo
@@ -215,6 +217,14 @@ def test_a_chunked_fill_trains_the_votes_for_everything_and_a_restored_engine_gr
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(feature_index, "FILL_CHUNK", 30)
+    built: list[int] = []  # images each vote index was built over
+
+    class Counted(KeypointVotes):
+        def __init__(self, gallery: Sequence[Descriptors] = (), lists: int | None = None):
+            built.append(len(gallery))
+            super().__init__(gallery, lists)
+
+    monkeypatch.setattr(keypoint_engine, "KeypointVotes", Counted)
     store = FeatureStore(tmp_path / "store")
     index = indexes_of(store, tmp_path)["keypoints"]
     vectors = [upsert(KEYPOINTS, name).vector for name in GALLERY]
@@ -223,6 +233,7 @@ def test_a_chunked_fill_trains_the_votes_for_everything_and_a_restored_engine_gr
     store.apply(KEYPOINTS.index_name, many, {"t/0": 1})
     assert index.load() == 120
     assert not index.engine.needs_compaction  # trained for all 120, not the first 30
+    assert [n for n in built if n] == [120]  # once the fill was over, not at every chunk
     assert index.checkpoint()
     again = indexes_of(store, tmp_path)["keypoints"]
     again.load()

@@ -51,6 +51,11 @@ class Engine(Protocol):
         `vectors`: theirs, back to back in one buffer."""
         ...
 
+    def filled(self) -> None:
+        """A bulk fill (upsert_many calls: a load, a rebuild) is over: an engine that builds
+        one structure for everything it holds builds it now, once, not at every call."""
+        ...
+
     def remove(self, image_id: str) -> bool: ...
 
     def vector_of(self, image_id: str) -> bytes | None:

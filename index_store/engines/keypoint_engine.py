@@ -33,11 +33,13 @@ TRAINED_FILE = "trained.json"
 class KeypointEngine(SlotEngine):
     def __init__(self) -> None:
         self._slots = SlotMap(reuse=True)
-        self._votes = KeypointVotes()
+        self._built = KeypointVotes()
         # While the engine has only been bulk-filled (a load, a rebuild: in chunks), the
-        # descriptors so far, so that each chunk retrains the vote index for all of them;
-        # dropped at the first single change.
+        # descriptors so far: the vote index is trained for all of them once the fill is over
+        # (`filled`), not at every chunk (a training costs more than the last one did, and
+        # only the last is kept). Dropped at the first single change.
         self._filled: list[Descriptors] | None = []
+        self._unbuilt = False  # chunks were filled since the vote index was built
 
     # --- Engine --------------------------------------------------------------------------------
     @property
@@ -64,12 +66,13 @@ class KeypointEngine(SlotEngine):
         return type(self)()
 
     def upsert(self, image_id: str, vector: bytes) -> None:
+        votes = self._votes
         self._filled = None
         slot = self._slots.slot_of(image_id)
         replacing = slot is not None  # a new slot (fresh or freed) holds no descriptors
         if slot is None:
             slot = self._slots.add(image_id)
-        self._votes.add(slot, descriptors_of(vector), replacing=replacing)
+        votes.add(slot, descriptors_of(vector), replacing=replacing)
 
     def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
         """While the engine has only been bulk-filled (a load, a rebuild), one vote index
@@ -86,11 +89,24 @@ class KeypointEngine(SlotEngine):
             if self._slots.add(image_id) != len(self._filled):
                 raise AssertionError("a bulk-filled engine numbers its slots in order")
             self._filled.append(descriptors_of(record))
-        self._votes = KeypointVotes(self._filled)
+        self._unbuilt = True
+
+    def filled(self) -> None:
+        """The vote index trained for every descriptor a bulk fill brought."""
+        if self._unbuilt and self._filled is not None:
+            self._built = KeypointVotes(self._filled)
+        self._unbuilt = False
+
+    @property
+    def _votes(self) -> KeypointVotes:
+        """The vote index: built now if a bulk fill was not told to end (`filled`)."""
+        self.filled()
+        return self._built
 
     def _vacate(self, slot: int) -> None:
+        votes = self._votes
         self._filled = None
-        self._votes.remove(slot)
+        votes.remove(slot)
 
     def vector_of(self, image_id: str) -> bytes | None:
         return None  # packed keypoints live in the store only
@@ -121,7 +137,7 @@ class KeypointEngine(SlotEngine):
         engine._slots = SlotMap.load(directory, reuse=True)
         index = faiss.read_index_binary(str(directory / VOTES_FILE))
         trained_for = int(json.loads((directory / TRAINED_FILE).read_text()))
-        engine._votes = KeypointVotes.of(index, trained_for)
+        engine._built = KeypointVotes.of(index, trained_for)
         engine._filled = None  # not bulk-filled: what comes later is added one by one
         return engine
 

@@ -115,6 +115,9 @@ class SlotEngine:
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._slots
 
+    def filled(self) -> None:
+        """Nothing to build: rows are searchable as they are upserted."""
+
     def remove(self, image_id: str) -> bool:
         slot = self._slots.release(image_id)
         if slot is None:

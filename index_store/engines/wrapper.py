@@ -54,6 +54,9 @@ class EngineWrapper:
     def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
         self.serving.upsert_many(image_ids, vectors)
 
+    def filled(self) -> None:
+        self.serving.filled()
+
     def remove(self, image_id: str) -> bool:
         return self.serving.remove(image_id)
 
