@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,29 +69,58 @@ def split_photographs(seed: int) -> tuple[list[int], list[int]]:
     return inside, [*(int(p) for p in outside), right_eye]
 
 
-def originals(
-    count: int, rng: Rng, photo_numbers: list[int]
-) -> tuple[list[Image.Image], list[Region]]:
+@dataclass(frozen=True)
+class Cut:
+    """One original as drawn: where it lies in its photograph, its size, and (a burst-like
+    neighbour's) the brightness it was shot at; its pixels are made when asked for."""
+
+    where: Region
+    size: tuple[int, int]
+    brightness: float | None = None
+
+    def render(self) -> Image.Image:
+        left, top, right, bottom = (int(v) for v in self.where.box)
+        out = photographs()[self.where.photo].crop((left, top, right, bottom)).resize(self.size)
+        if self.brightness is not None:
+            out = ImageEnhance.Brightness(out).enhance(self.brightness)
+        return out
+
+
+class Gallery:
+    """The originals' pictures, each made from its `Cut` when asked for: 100,000 of them
+    would not fit in memory at once."""
+
+    def __init__(self, cuts: list[Cut]) -> None:
+        self.cuts = cuts
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+    def __getitem__(self, n: int) -> Image.Image:
+        return self.cuts[n].render()
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        return (cut.render() for cut in self.cuts)
+
+
+def originals(count: int, rng: Rng, photo_numbers: list[int]) -> tuple[Gallery, list[Region]]:
     """`count` originals (480 px wide) cut from the photographs `photo_numbers`, and where
     each lies in its photograph."""
     sources = photographs()
-    out: list[Image.Image] = []
-    regions: list[Region] = []
-    while len(out) < count:
+    cuts: list[Cut] = []
+    while len(cuts) < count:
         photo = photo_numbers[int(rng.integers(len(photo_numbers)))]
-        source = sources[photo]
-        w, h = source.size
+        w, h = sources[photo].size
         cw, ch = int(w * rng.uniform(0.35, 0.8)), int(h * rng.uniform(0.35, 0.8))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        out.append(source.crop((x, y, x + cw, y + ch)).resize((480, int(480 * ch / cw))))
-        regions.append(Region(photo, (x, y, x + cw, y + ch)))
-        if rng.random() < 0.3 and len(out) < count:  # a burst-like neighbour
+        size = (480, int(480 * ch / cw))
+        cuts.append(Cut(Region(photo, (x, y, x + cw, y + ch)), size))
+        if rng.random() < 0.3 and len(cuts) < count:  # a burst-like neighbour
             dx, dy = (int(d * rng.uniform(0.01, 0.04)) for d in (cw, ch))
             x2, y2 = min(w - cw, x + dx), min(h - ch, y + dy)
-            shifted = source.crop((x2, y2, x2 + cw, y2 + ch)).resize(out[-1].size)
-            out.append(ImageEnhance.Brightness(shifted).enhance(float(rng.uniform(0.9, 1.1))))
-            regions.append(Region(photo, (x2, y2, x2 + cw, y2 + ch)))
-    return out, regions
+            shifted = Region(photo, (x2, y2, x2 + cw, y2 + ch))
+            cuts.append(Cut(shifted, size, float(rng.uniform(0.9, 1.1))))
+    return Gallery(cuts), [cut.where for cut in cuts]
 
 
 # A transform returns the new image, the affine map (2 x 3) taking a point of the new image to
@@ -208,12 +237,14 @@ def in_original(box: Box, to_original: NDArray[np.float64]) -> Box:
     return (corners[0].min(), corners[1].min(), corners[0].max(), corners[1].max())
 
 
-def shown_region(query: Query, original: Image.Image, where: Region) -> Region:
-    """The part of the photograph a copy of `original` (which lies at `where`) shows."""
-    left, top, right, bottom = where.box
-    sx, sy = (right - left) / original.width, (bottom - top) / original.height
+def shown_region(query: Query, original: Cut) -> Region:
+    """The part of the photograph a copy of `original` shows."""
+    left, top, right, bottom = original.where.box
+    sx, sy = (right - left) / original.size[0], (bottom - top) / original.size[1]
     x0, y0, x1, y1 = query.shown
-    return Region(where.photo, (left + x0 * sx, top + y0 * sy, left + x1 * sx, top + y1 * sy))
+    return Region(
+        original.where.photo, (left + x0 * sx, top + y0 * sy, left + x1 * sx, top + y1 * sy)
+    )
 
 
 def answers(shown: Region, regions: list[Region]) -> frozenset[int]:
@@ -227,7 +258,7 @@ class CopySet:
     of random ones: `source` is each copy's original, `right` every original it is a copy
     of (its own, and any other that contains all the pixels it shows)."""
 
-    gallery: list[Image.Image]
+    gallery: Gallery
     regions: list[Region]
     queries: list[Query]
     source: NDArray[np.int64]
@@ -267,7 +298,7 @@ def copy_set(count: int, queries: int, seed: int, non_copies: int = 300) -> Copy
     source = rng.integers(0, len(gallery), queries)
     made = [make_query(gallery[s], rng) for s in source]
     right = [
-        answers(shown_region(q, gallery[s], regions[s]), regions) | {int(s)}
+        answers(shown_region(q, gallery.cuts[s]), regions) | {int(s)}
         for q, s in zip(made, source, strict=True)
     ]
     rng = np.random.default_rng(seed + 1)

@@ -37,10 +37,13 @@ one the tuning half would choose; query time by stage; stored bytes per image.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,7 +54,7 @@ from numpy.typing import NDArray
 
 from bench import copy_verdicts as verdicts
 from bench.copy_scale import found, kind_column, recall_row
-from bench.copy_set import CopySet, add_set_options, copy_set
+from bench.copy_set import CopySet, Cut, add_set_options, copy_set
 from consumers.features.catalog import COPY, KEYPOINTS
 from consumers.features.decode import decode_image
 from consumers.indexer.copy_verification import CopyVerifier
@@ -67,28 +70,50 @@ Floats = NDArray[np.float64]
 Hits = list[tuple[str, float]]  # (gallery number, distance), nearest first
 STAGES = ("describe", "copy alone")
 FRAMED_L2 = 0.1  # few rows: a firmer pull towards zero than the keypoint scorer's
+CHUNK = 1000  # originals described and indexed at a time
 ASKED = 10  # hits a verified search asks for (SearchRequest's default k): enough to judge the
 # first, and comparisons stop once this many are sure copies
 
 
-def indexed(copies: CopySet, store: FeatureStore) -> tuple[dict[str, FeatureIndex], float]:
+def described(cut: Cut) -> bytes:
+    """One original as the extractor describes it after its upload (a JPEG round trip): its
+    packed keypoints, which carry its copy codes (what the copy feature's vector is)."""
+    image = decode_image(jpeg(cut.render()), max_pixels=10**8)
+    return KEYPOINTS.describe_batch([image])[0]
+
+
+def indexed(
+    copies: CopySet, store: FeatureStore, workers: int = os.cpu_count() or 1
+) -> tuple[dict[str, FeatureIndex], float]:
     """The gallery in a copy and a keypoints index (as an indexer fills them: applied, then
-    the vote index rebuilt once from the store, trained); mean stored bytes per image."""
+    the vote index rebuilt once from the store, trained); mean stored bytes per image. The
+    originals are described CHUNK at a time on `workers` processes (100,000 of them would
+    not fit in memory at once)."""
     engines = EngineFactory("exact")
-    images = [decode_image(jpeg(g), max_pixels=10**8) for g in copies.gallery]
-    indexes, stored = {}, np.zeros(len(images))
-    for spec in (COPY, KEYPOINTS):
-        engine = engines.make(spec.metric, spec.dim, spec.codes_per_item)
-        index = FeatureIndex(store, spec.index_name, engine)
-        vectors = spec.describe_batch(images)
-        stored += [len(v) for v in vectors]
-        index.apply(
-            [Upsert(str(n), v, ImageRecord(bucket="b", key=str(n))) for n, v in enumerate(vectors)],
-            {"bench/0": 1},
+    indexes = {
+        spec.name: FeatureIndex(
+            store, spec.index_name, engines.make(spec.metric, spec.dim, spec.codes_per_item)
         )
-        indexes[spec.name] = index
+        for spec in (COPY, KEYPOINTS)
+    }
+    cuts, stored = copies.gallery.cuts, 0
+    spawned = multiprocessing.get_context("spawn")  # not forked from a process running OpenMP
+    with ProcessPoolExecutor(workers, mp_context=spawned) as pool:
+        for start in range(0, len(cuts), CHUNK):
+            packed = list(pool.map(described, cuts[start : start + CHUNK], chunksize=25))
+            vectors = {KEYPOINTS.name: packed, COPY.name: [unpack(p).codes for p in packed]}
+            for name, index in indexes.items():
+                changes = [
+                    Upsert(str(start + n), v, ImageRecord(bucket="b", key=str(start + n)))
+                    for n, v in enumerate(vectors[name])
+                ]
+                index.apply(changes, {"bench/0": start + len(packed)})
+                stored += sum(len(v) for v in vectors[name])
+            if (start // CHUNK) % 10 == 9:
+                print(f"  described {start + len(packed):,}/{len(cuts):,}", flush=True)
+    print("  training the vote index", flush=True)
     indexes[KEYPOINTS.name].rebuild(store.vectors(KEYPOINTS.index_name))
-    return indexes, float(stored.mean())
+    return indexes, stored / max(len(cuts), 1)
 
 
 def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Floats:
