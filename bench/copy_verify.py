@@ -83,22 +83,40 @@ def described(cut: Cut) -> bytes:
 
 
 def indexed(
-    copies: CopySet, store: FeatureStore, workers: int = os.cpu_count() or 1
+    copies: CopySet, store: FeatureStore, kept: Path | None = None
 ) -> tuple[dict[str, FeatureIndex], float]:
     """The gallery in a copy and a keypoints index (as an indexer fills them: applied, then
     the vote index rebuilt once from the store, trained); mean stored bytes per image. The
-    originals are described CHUNK at a time on `workers` processes (100,000 of them would
-    not fit in memory at once)."""
+    originals are described CHUNK at a time on worker processes (100,000 of them would not
+    fit in memory at once). `kept`: where `store` lives; the indexes' snapshots are kept
+    beside it, and a store that holds the whole gallery already is loaded from them."""
     engines = EngineFactory("exact")
     indexes = {
         spec.name: FeatureIndex(
-            store, spec.index_name, engines.make(spec.metric, spec.dim, spec.codes_per_item)
+            store,
+            spec.index_name,
+            engines.make(spec.metric, spec.dim, spec.codes_per_item),
+            None if kept is None else kept / "snapshots" / spec.name,
         )
         for spec in (COPY, KEYPOINTS)
     }
-    cuts, stored = copies.gallery.cuts, 0
+    cuts = copies.gallery.cuts
+    if kept is not None and all(i.load() == len(cuts) for i in indexes.values()):
+        print(f"  gallery loaded from {kept}", flush=True)
+    else:
+        described_all(cuts, indexes)
+        print("  training the vote index", flush=True)
+        indexes[KEYPOINTS.name].rebuild(store.vectors(KEYPOINTS.index_name))
+        for index in indexes.values():
+            index.checkpoint()
+    stored = sum(len(v) for i in indexes.values() for _, v in store.vectors(i.name))
+    return indexes, stored / max(len(cuts), 1)
+
+
+def described_all(cuts: list[Cut], indexes: dict[str, FeatureIndex]) -> None:
+    """Each original described (on worker processes) and applied to both indexes."""
     spawned = multiprocessing.get_context("spawn")  # not forked from a process running OpenMP
-    with ProcessPoolExecutor(workers, mp_context=spawned) as pool:
+    with ProcessPoolExecutor(os.cpu_count() or 1, mp_context=spawned) as pool:
         for start in range(0, len(cuts), CHUNK):
             packed = list(pool.map(described, cuts[start : start + CHUNK], chunksize=25))
             vectors = {KEYPOINTS.name: packed, COPY.name: [unpack(p).codes for p in packed]}
@@ -108,12 +126,8 @@ def indexed(
                     for n, v in enumerate(vectors[name])
                 ]
                 index.apply(changes, {"bench/0": start + len(packed)})
-                stored += sum(len(v) for v in vectors[name])
             if (start // CHUNK) % 10 == 9:
                 print(f"  described {start + len(packed):,}/{len(cuts):,}", flush=True)
-    print("  training the vote index", flush=True)
-    indexes[KEYPOINTS.name].rebuild(store.vectors(KEYPOINTS.index_name))
-    return indexes, stored / max(len(cuts), 1)
 
 
 def fit_logistic(x: Floats, y: Floats, l2: float = 1e-2, steps: int = 50) -> Floats:
@@ -241,6 +255,13 @@ def main() -> None:
         help="compare threads of each search, e.g. 1,2: each query answered on each in turn",
     )
     parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the indexed gallery under DIR (one folder per seed and size): a later run "
+        "of the same set loads it instead of describing and training again",
+    )
+    parser.add_argument(
         "--fit-framed",
         metavar="SEEDS",
         help="fit the frame alignments' weights on these sets' tuning halves (e.g. 2026,7), save",
@@ -252,8 +273,9 @@ def main() -> None:
     product_threads = search_threads.THREADS
     copies = copy_set(args.originals, args.queries, args.seed, args.non_copies)
     with tempfile.TemporaryDirectory() as tmp:
-        store = FeatureStore(Path(tmp))
-        indexes, stored = indexed(copies, store)
+        kept = None if args.keep is None else args.keep / f"seed-{args.seed}-{args.originals}"
+        store = FeatureStore(kept or Path(tmp))
+        indexes, stored = indexed(copies, store, kept)
         print(f"gallery indexed in {time.perf_counter() - started:.0f}s", flush=True)
         took: dict[str, list[float]] = {stage: [] for stage in STAGES}
         queries: list[Sequence[bytes]] = []
