@@ -64,6 +64,7 @@ from index_store.engines.factory import EngineFactory
 from index_store.feature_index import FeatureIndex
 from index_store.keypoints import unpack
 from index_store.lmdb_store import FeatureStore, ImageRecord, Upsert
+from index_store.openmp import omp_threads
 from lookalike.samples import jpeg
 
 Floats = NDArray[np.float64]
@@ -101,14 +102,15 @@ def indexed(
         for spec in (COPY, KEYPOINTS)
     }
     cuts = copies.gallery.cuts
-    if kept is not None and all(i.load() == len(cuts) for i in indexes.values()):
-        print(f"  gallery loaded from {kept}", flush=True)
-    else:
-        described_all(cuts, indexes)
-        print("  training the vote index", flush=True)
-        indexes[KEYPOINTS.name].rebuild(store.vectors(KEYPOINTS.index_name))
-        for index in indexes.values():
-            index.checkpoint()
+    with omp_threads(os.cpu_count() or 1):  # training the vote index, as an indexer's rebuild
+        if kept is not None and all(i.load() == len(cuts) for i in indexes.values()):
+            print(f"  gallery loaded from {kept}", flush=True)
+        else:
+            described_all(cuts, indexes)
+            print("  training the vote index", flush=True)
+            indexes[KEYPOINTS.name].rebuild(store.vectors(KEYPOINTS.index_name))
+    for index in indexes.values():
+        index.checkpoint()
     stored = sum(len(v) for i in indexes.values() for _, v in store.vectors(i.name))
     return indexes, stored / max(len(cuts), 1)
 
