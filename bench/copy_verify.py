@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.copy_verify --fit 2026,11,13  # on these sets' tuning halves
     .venv/bin/python -m bench.copy_verify --fit-framed 2026,7  # frame alignments' weights
     .venv/bin/python -m bench.copy_verify --originals 10000
+    .venv/bin/python -m bench.copy_verify --originals 100000 --keep /var/tmp/copies
 
 The set is bench/copy_set.py's (seed 2026, 2,000 originals, 600 copies, 300 non-copies; right
 answers by content: every original containing all the pixels a copy shows; the tuning half is
@@ -31,7 +32,9 @@ none of them contains) and saves them beside the scorer's.
 
 Printed: recall@1 per kind of transform for `copy` alone (its nearest by code distance) and for
 the verified search, strictly and by content; the verdicts at the shipped threshold and at the
-one the tuning half would choose; query time by stage; stored bytes per image.
+one the tuning half would choose; query time by stage, and the CPU a verified search takes
+on all its threads; stored bytes per image. `--keep DIR` keeps the indexed gallery for later runs
+(describing and training a 100,000-original set is most of a first run's time).
 """
 
 from __future__ import annotations
@@ -317,6 +320,7 @@ def main() -> None:
         checked: list[Hits] = []
         counts = [int(c) for c in args.threads.split(",")]
         on_threads: dict[int, list[float]] = {c: [] for c in counts}
+        cpu: dict[int, list[float]] = {c: [] for c in counts}  # of every thread of the process
         differ = 0  # queries whose answers depend on the thread count (none should)
         for n, (packed, code) in enumerate(zip(queries, codes, strict=True)):
             t0 = time.perf_counter()
@@ -327,9 +331,10 @@ def main() -> None:
                 search_threads.THREADS = count  # each count first in turn
                 if turn:  # afresh: every search describes its keypoints (and mirror's) itself
                     packed = KEYPOINTS.query_vectors(images[n])
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.process_time()
                 answers.append(verifier.search(packed, ASKED))
                 on_threads[count].append(time.perf_counter() - t1)
+                cpu[count].append(time.process_time() - c1)
             differ += any(a != answers[0] for a in answers)
             hashed.append([(h.image_id, h.distance) for h in near])
             checked.append(answers[0])
@@ -337,6 +342,7 @@ def main() -> None:
                 print(f"  asked {n}/{len(queries)}", flush=True)
         for count, seconds in on_threads.items():
             took[f"verified search, {count} compare thread(s)"] = seconds
+            took[f"its CPU, every thread ({count} compare)"] = cpu[count]
         search_threads.THREADS = product_threads
         store.close()
     report(copies, hashed, checked, scorer, args.precision)
@@ -344,7 +350,9 @@ def main() -> None:
           "keypoints, and its mirror's when asked, are described in the verified search and "
           "counted there; the "
           "verified search on each count of compare threads, each query on each count, each "
-          f"count first in turn; queries whose answers differed: {differ}):\n")  # fmt: skip
+          "count first in turn, and the CPU it took on every thread of this process (the vote's "
+          "OpenMP threads and the compare threads): what two cores must share; queries whose "
+          f"answers differed: {differ}):\n")  # fmt: skip
     print("| stage | p50 ms | p90 ms |\n| --- | --- | --- |")
     for stage, seconds in took.items():
         ms = 1000 * np.array(seconds)
