@@ -33,13 +33,12 @@ TRAINED_FILE = "trained.json"
 class KeypointEngine(SlotEngine):
     def __init__(self) -> None:
         self._slots = SlotMap(reuse=True)
-        self._built = KeypointVotes()
         # While the engine has only been bulk-filled (a load, a rebuild: in chunks), the
         # descriptors so far: the vote index is trained for all of them once the fill is over
         # (`filled`), not at every chunk (a training costs more than the last one did, and
         # only the last is kept). Dropped at the first single change.
         self._filled: list[Descriptors] | None = []
-        self._unbuilt = False  # chunks were filled since the vote index was built
+        self._built: KeypointVotes | None = KeypointVotes()  # None: filled since it was built
 
     # --- Engine --------------------------------------------------------------------------------
     @property
@@ -76,7 +75,8 @@ class KeypointEngine(SlotEngine):
 
     def upsert_many(self, image_ids: Sequence[str], vectors: Vectors) -> None:
         """While the engine has only been bulk-filled (a load, a rebuild), one vote index
-        trained for everything so far; otherwise one by one."""
+        for everything so far, trained when the fill is over (`filled`); otherwise one by
+        one."""
         require_distinct(image_ids)
         records = split(vectors)
         if len(records) != len(image_ids):
@@ -89,18 +89,18 @@ class KeypointEngine(SlotEngine):
             if self._slots.add(image_id) != len(self._filled):
                 raise AssertionError("a bulk-filled engine numbers its slots in order")
             self._filled.append(descriptors_of(record))
-        self._unbuilt = True
+        self._built = None
 
     def filled(self) -> None:
         """The vote index trained for every descriptor a bulk fill brought."""
-        if self._unbuilt and self._filled is not None:
-            self._built = KeypointVotes(self._filled)
-        self._unbuilt = False
+        if self._built is None:
+            self._built = KeypointVotes(self._filled or ())
 
     @property
     def _votes(self) -> KeypointVotes:
         """The vote index: built now if a bulk fill was not told to end (`filled`)."""
         self.filled()
+        assert self._built is not None
         return self._built
 
     def _vacate(self, slot: int) -> None:
