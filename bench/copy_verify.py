@@ -100,7 +100,9 @@ def indexed(
             store,
             spec.index_name,
             engines.make(spec.metric, spec.dim, spec.codes_per_item),
-            None if kept is None else kept / "snapshots" / spec.name,
+            # By index name (it carries the feature's version): a snapshot of an older
+            # version's vectors is never loaded for a newer one.
+            None if kept is None else kept / "snapshots" / spec.index_name,
         )
         for spec in (COPY, KEYPOINTS)
     }

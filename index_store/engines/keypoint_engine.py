@@ -65,8 +65,7 @@ class KeypointEngine(SlotEngine):
         return type(self)()
 
     def upsert(self, image_id: str, vector: bytes) -> None:
-        votes = self._votes
-        self._filled = None
+        votes = self._changed_one_by_one()
         slot = self._slots.slot_of(image_id)
         replacing = slot is not None  # a new slot (fresh or freed) holds no descriptors
         if slot is None:
@@ -96,6 +95,13 @@ class KeypointEngine(SlotEngine):
         if self._built is None:
             self._built = KeypointVotes(self._filled or ())
 
+    def _changed_one_by_one(self) -> KeypointVotes:
+        """The vote index, for a change of one image: a pending bulk fill is trained first
+        (from the descriptors it brought), then bulk-filling ends."""
+        votes = self._votes
+        self._filled = None
+        return votes
+
     @property
     def _votes(self) -> KeypointVotes:
         """The vote index: built now if a bulk fill was not told to end (`filled`)."""
@@ -104,9 +110,7 @@ class KeypointEngine(SlotEngine):
         return self._built
 
     def _vacate(self, slot: int) -> None:
-        votes = self._votes
-        self._filled = None
-        votes.remove(slot)
+        self._changed_one_by_one().remove(slot)
 
     def vector_of(self, image_id: str) -> bytes | None:
         return None  # packed keypoints live in the store only
